@@ -1,0 +1,315 @@
+"""One llama.cpp model file and its contexts, over llama-cpp-python's ctypes bindings.
+
+`Model` owns the weights and the vocabulary of one GGUF file; `Context` owns one KV cache over a
+model. A context decodes a batch of tokens asking for logits at its last `n` positions and hands
+them out as a NumPy *view* of llama.cpp's output buffer (valid until its next decode): no
+n_ctx x n_vocab score matrix, no copies. Nothing here knows about EFT or sampling.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
+import numpy as np
+
+from .errors import ContextOverflowError, LocaleftError, ModelFileError
+
+_LOG_TAIL: collections.deque[str] = collections.deque(maxlen=20)
+_initialised = False
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Keep llama.cpp's chatter off the terminal; remember the tail for error messages."""
+    line = text.decode("utf-8", "replace")
+    _LOG_TAIL.append(line)
+    if os.environ.get("LOCALEFT_LLAMA_LOG"):
+        print(line, end="", file=__import__("sys").stderr)
+
+
+def _init_backend() -> None:
+    global _initialised
+    if not _initialised:
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _initialised = True
+
+
+def _last_error() -> str:
+    """The most telling recent llama.cpp log line, for an error message."""
+    for line in reversed(_LOG_TAIL):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line.strip()
+    return ""
+
+
+def default_threads() -> int:
+    """All cores this process may use (llama-cpp-python's default of cores/2 halves CPU speed)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class Model:
+    """The weights and vocabulary of one GGUF file (mmap'd, loaded once)."""
+
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0):
+        _init_backend()
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
+        _LOG_TAIL.clear()
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            detail = _last_error()
+            raise ModelFileError(
+                f"cannot load {self.path}: llama.cpp rejected it"
+                + (f" ({detail})" if detail else " (corrupt or truncated GGUF?)")
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._model))
+        self.size_bytes = int(llama_cpp.llama_model_size(self._model))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._texts: list[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"Model({self.path.name!r}, n_vocab={self.n_vocab})"
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    __del__ = close
+
+    # --- vocabulary -------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Text to token ids; `special` parses control tokens like <|im_start|> in the text."""
+        data = text.encode("utf-8")
+        add = self.add_bos if add_bos is None else add_bos
+        n_max = len(data) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, special)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            buf = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token contributes to the output (control tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_texts(self) -> list[bytes]:
+        """Every token's vocabulary text, by id (for comparing tokenizers)."""
+        if self._texts is None:
+            get = llama_cpp.llama_vocab_get_text
+            self._texts = [get(self._vocab, i) or b"" for i in range(self.n_vocab)]
+        return self._texts
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation, by the vocabulary's own test (eos, eot, <|im_end|>, ...)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def special_text(self, which: str) -> str:
+        """Text of the bos or eos token ('' if the vocabulary has none)."""
+        fn = {"bos": llama_cpp.llama_vocab_bos, "eos": llama_cpp.llama_vocab_eos}[which]
+        tok = fn(self._vocab)
+        if tok < 0:
+            return ""
+        return (llama_cpp.llama_vocab_get_text(self._vocab, tok) or b"").decode("utf-8", "replace")
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None."""
+        size = 1 << 16
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n >= size:
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    def new_context(self, n_ctx: int, n_threads: int | None = None, n_batch: int = 512) -> Context:
+        return Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+
+
+class Context:
+    """One KV cache over a model: decode tokens, read logits views, roll back."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None, n_batch: int = 512):
+        self.model = model
+        self.n_vocab = model.n_vocab
+        threads = n_threads or default_threads()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch = min(n_batch, n_ctx)
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(model._model, params)
+        if not self._ctx:
+            raise LocaleftError(f"cannot create a context of {n_ctx} tokens for {model.path.name}")
+        self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx)))  # llama.cpp may pad it
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        for i in range(self.n_batch):
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+        self._tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self._n_out = 0  # logits rows available for the last len(tokens) positions
+        self.n_evaluated = 0  # tokens decoded over this context's life (for KV-reuse stats)
+        self._dirty = False
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    __del__ = close
+
+    def eval(self, tokens: list[int], n_logits: int = 1) -> np.ndarray:
+        """Decode `tokens` after what the cache holds; logits of the last n_logits positions.
+
+        Returns a float32 view of shape (n_logits, n_vocab) into llama.cpp's buffer.
+        """
+        self.decode(tokens, n_logits)
+        return self.logits(n_logits)
+
+    def decode(self, tokens: list[int], n_logits: int = 1) -> None:
+        """Like eval, without reading the logits (on GPU builds the read waits for the device,
+        so decode every context first and read afterwards)."""
+        n = len(tokens)
+        if n == 0 or not 0 < n_logits <= min(n, self.n_batch):
+            raise ValueError(f"bad decode: {n} tokens, {n_logits} logits rows")
+        if len(self.tokens) + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"context full: {len(self.tokens)} + {n} tokens exceed n_ctx={self.n_ctx}"
+            )
+        if self._dirty:  # an interrupted decode may have left cells past our token list
+            llama_cpp.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
+        # The final chunk holds every position that needs logits.
+        split = n - n_logits
+        bounds = sorted({*range(0, split, self.n_batch), split, n})
+        for a, b in zip(bounds, bounds[1:]):
+            self._decode(tokens[a:b], want_logits=(b == n), n_logits=n_logits)
+        self.n_evaluated += n
+
+    def _decode(self, chunk: list[int], *, want_logits: bool, n_logits: int) -> None:
+        m = len(chunk)
+        p0 = len(self.tokens)
+        self._tok[:m] = chunk
+        self._pos[:m] = np.arange(p0, p0 + m)
+        self._out[:m] = 0
+        if want_logits:
+            self._out[m - n_logits : m] = 1
+        self._batch.n_tokens = m
+        self._n_out = 0
+        self._dirty = True
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, 0, p0, -1)
+            self._dirty = False
+            if rc == 1:
+                raise ContextOverflowError(f"no room in the KV cache (n_ctx={self.n_ctx})")
+            raise LocaleftError(f"llama_decode failed with code {rc} on {self.model.path.name}")
+        self.tokens.extend(chunk)
+        self._n_out = n_logits if want_logits else 0
+        self._dirty = False
+
+    def logits(self, n: int = 1) -> np.ndarray:
+        """The last decode's logits rows (float32 view, shape (n, n_vocab))."""
+        if n > self._n_out:
+            raise ValueError(f"only {self._n_out} logits rows are available, not {n}")
+        ptr = llama_cpp.llama_get_logits(self._ctx)
+        rows = np.ctypeslib.as_array(ptr, shape=(self._n_out, self.n_vocab))
+        return rows[self._n_out - n :]
+
+    def truncate(self, n: int) -> None:
+        """Forget every token after the first n (KV cache removal)."""
+        if n >= len(self.tokens):
+            return
+        if not llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1):
+            # Some architectures (recurrent) cannot drop a suffix: rebuild the prefix.
+            keep = self.tokens[:n]
+            llama_cpp.llama_memory_clear(self._mem, True)
+            self.tokens, self._dirty = [], False
+            if keep:
+                self.eval(keep, 1)
+            return
+        del self.tokens[n:]
+        self._n_out = 0
+
+    def sync(self, tokens: list[int], n_logits: int = 1) -> np.ndarray:
+        """Make the cache hold exactly `tokens`, evaluating only what differs from what it holds.
+
+        Returns the logits of the last n_logits positions (reusing the last decode's if they
+        already cover them).
+        """
+        self.sync_decode(tokens, n_logits)
+        return self.logits(n_logits)
+
+    def sync_decode(self, tokens: list[int], n_logits: int = 1) -> None:
+        """`sync` without reading the logits."""
+        keep = common_prefix(self.tokens, tokens)
+        if keep == len(tokens) == len(self.tokens) and self._n_out >= n_logits:
+            return
+        keep = min(keep, len(tokens) - n_logits)
+        self.truncate(keep)
+        self.decode(tokens[keep:], n_logits)
+
+
+def _check_gguf_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"not a file: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF file (bad magic {magic!r})")

@@ -1,0 +1,47 @@
+"""Do these models share one tokenizer? The shared id range, padding, or a clear error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .backend import Model
+from .errors import VocabMismatchError
+
+
+@dataclass(frozen=True)
+class VocabCheck:
+    """Outcome of comparing vocabularies: ids [0, n_shared) mean the same text in every model."""
+
+    n_shared: int
+    sizes: dict[str, int]
+
+    @property
+    def padded(self) -> bool:
+        return len(set(self.sizes.values())) > 1
+
+
+def _show(text: bytes) -> str:
+    return repr(text.decode("utf-8", "replace"))
+
+
+def check_vocabularies(models: Sequence[Model]) -> VocabCheck:
+    """Compare token texts over the shared id range; extra ids of a larger vocabulary must be
+    padding (never produced by the tokenizer, masked out of the combined distribution).
+
+    Raises VocabMismatchError naming the first differing id and both token texts.
+    """
+    n_shared = min(m.n_vocab for m in models)
+    first = models[0]
+    ref = first.token_texts()[:n_shared]
+    for other in models[1:]:
+        if other.path == first.path:
+            continue
+        texts = other.token_texts()[:n_shared]
+        if texts != ref:
+            i = next(i for i, (a, b) in enumerate(zip(ref, texts)) if a != b)
+            raise VocabMismatchError(
+                f"{first.path.name} and {other.path.name} do not share a tokenizer: token {i} is "
+                f"{_show(ref[i])} in one and {_show(texts[i])} in the other"
+            )
+    return VocabCheck(n_shared=n_shared, sizes={m.path.name: m.n_vocab for m in models})
