@@ -1,0 +1,159 @@
+"""Speculative EFT decoding: the small fine-tuned model drafts, the block is verified exactly.
+
+Per iteration: the drafter (the first expert's fine-tuned model) samples k tokens from its own
+distribution q (after the same sampling transforms as the target); every other context scores the
+k drafted tokens in ONE batch (logits at every position); the EFT target p is combined at each
+position; the standard rejection rule (`accept`) keeps the output distributed exactly as plain EFT
+sampling with the same settings. Contexts roll back lazily: each `sync` keeps the common prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ContextOverflowError
+from .sampling import Dist, Sampler
+
+if TYPE_CHECKING:
+    from .engine import Emulator, Stats
+
+K_START, K_MAX = 4, 12
+
+
+def use_speculative(requested: bool | None, em: Emulator, draft_tokens: int | None) -> bool:
+    """None means the default: on, unless only one context would run anyway."""
+    if requested is not None:
+        return bool(requested)
+    return len(em._order) > 1
+
+
+def residual(p: Dist, q: Dist) -> Dist:
+    """normalise(max(0, p − q)); its support lies inside p's."""
+    if p.ids is None:
+        r = np.maximum(p.probs - q.dense(p.probs.size), 0.0)
+        ids = None
+    else:
+        r = np.maximum(p.probs - _probs_at(q, p.ids), 0.0)
+        ids = p.ids
+    total = r.sum()
+    if total <= 0:  # p == q up to rounding: any draw from p is right
+        return p
+    return Dist(ids, r / total)
+
+
+def _probs_at(d: Dist, ids: np.ndarray) -> np.ndarray:
+    if d.ids is None:
+        return d.probs[ids].astype(np.float64)
+    order = np.argsort(d.ids)
+    sorted_ids = d.ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, sorted_ids.size - 1)
+    return np.where(sorted_ids[pos] == ids, d.probs[order][pos], 0.0)
+
+
+def accept(
+    p: Sequence[Dist], q: Sequence[Dist], draft: Sequence[int], rng: np.random.Generator
+) -> tuple[int, Dist | None]:
+    """Rejection sampling over a drafted block (pure: no models involved).
+
+    Accepts draft[i] with probability min(1, p_i(d)/q_i(d)). Returns (n_accepted, dist to draw
+    the next token from): the residual at the first rejection, or None when every drafted token
+    was accepted (then the caller draws a bonus token from p_k).
+    """
+    for i, d in enumerate(draft):
+        pd, qd = p[i].prob(d), q[i].prob(d)
+        if rng.random() * qd < pd:
+            continue
+        return i, residual(p[i], q[i])
+    return len(draft), None
+
+
+class SpeculativeDecoder:
+    """Drives an Emulator's contexts with draft-then-verify steps; yields accepted tokens."""
+
+    def __init__(self, em: Emulator, beta: float, sampler: Sampler, stats: Stats,
+                 draft_tokens: int | None):
+        self.em, self.sampler, self.stats = em, sampler, stats
+        self.fixed = draft_tokens is not None
+        self.k = draft_tokens or K_START
+        self.k_max = max(self.k, K_MAX)
+        self.combiner = em._combiner(beta, rows=self.k_max + 1)
+        self.drafter = em._terms_raw[0][0]
+        self.n = em.vocab.n_shared
+        d_vocab = em._order[self.drafter].ctx.n_vocab
+        self._q_logits = np.empty((self.k_max + 1, d_vocab), dtype=np.float32)
+
+    def _adapt(self, n_accepted: int, k: int) -> None:
+        if self.fixed:
+            return
+        self.k = min(self.k + 2, self.k_max) if n_accepted == k else max(1, self.k - 1)
+
+    def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
+        em, stats, sampler = self.em, self.stats, self.sampler
+        roles = em._order
+        drafter = roles[self.drafter]
+        verifiers = [i for i in range(len(roles)) if i != self.drafter]
+        clock = time.perf_counter
+        secs = stats.model_seconds
+        t = clock()
+        for i, r in enumerate(roles):
+            before = r.ctx.n_evaluated
+            r.ctx.sync(prompts[i], 1)
+            stats.prompt_evaluated += r.ctx.n_evaluated - before
+        stats.prompt_seconds = clock() - t
+        longest = max(len(p) for p in prompts.values())
+        gen: list[int] = []
+        while True:
+            room = em.n_ctx - longest - len(gen)
+            if room < 1:
+                raise ContextOverflowError("context full")
+            k = min(self.k, room)
+            stats.draft_tokens = k
+            # Draft k tokens from q, keeping the drafter's raw logits for the target.
+            t = clock()
+            row = drafter.ctx.sync(prompts[self.drafter] + gen, 1)[0]
+            qs, draft = [], []
+            for j in range(k):
+                self._q_logits[j] = row
+                q = sampler.dist(self._q_logits[j, : self.n])
+                qs.append(q)
+                draft.append(sampler.sample(q))
+                if j < k - 1:
+                    row = drafter.ctx.eval([draft[-1]], 1)[0]
+            dt = clock() - t
+            stats.draft_seconds += dt
+            secs[drafter.label] += dt
+            # Verify: every other context scores the whole block in one batch.
+            t = clock()
+            for i in verifiers:
+                t1 = clock()
+                roles[i].ctx.sync_decode(prompts[i] + gen + draft, k + 1)
+                secs[roles[i].label] += clock() - t1
+            rows: list = [None] * len(roles)
+            for i in verifiers:
+                rows[i] = roles[i].ctx.logits(k + 1)
+            rows[self.drafter] = self._q_logits[:k]
+            t1 = clock()
+            target = self.combiner.combine([r[:k] for r in rows])
+            ps = [sampler.dist(target[j]) for j in range(k)]
+            n_acc, rest = accept(ps, qs, draft, sampler.rng)
+            if rest is None:  # all accepted: the bonus token comes from p_k
+                t2 = clock()
+                self._q_logits[k] = drafter.ctx.eval([draft[-1]], 1)[0]
+                secs[drafter.label] += clock() - t2
+                rows[self.drafter] = self._q_logits[k : k + 1]
+                for i in verifiers:
+                    rows[i] = roles[i].ctx.logits(k + 1)[k:]
+                rest = sampler.dist(self.combiner.combine(rows)[0])
+            nxt = sampler.sample(rest)
+            stats.numpy_seconds += clock() - t1
+            stats.verify_seconds += clock() - t
+            stats.drafted += k
+            stats.accepted += n_acc
+            stats.verifications += 1
+            self._adapt(n_acc, k)
+            for tok in draft[:n_acc] + [nxt]:
+                gen.append(tok)
+                yield tok
