@@ -1,0 +1,25 @@
+"""Shared pytest fixtures.
+
+``tiny``: session-scoped SimpleNamespace of Paths to tiny GGUF models written
+once by tests/tinymodels.py (see TINY_SPECS there for what each one is):
+large_base, small_ft, small_base, oracle_large_base, oracle_small_ft,
+oracle_small_base, padded, incompatible, no_template, not_gguf, truncated.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from tinymodels import write_tiny_set  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return write_tiny_set(tmp_path_factory.mktemp("tiny_models"))

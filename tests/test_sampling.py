@@ -1,0 +1,96 @@
+"""Sampling transforms keep exactly the right tokens; draws follow the distribution; seeds repeat."""
+
+import numpy as np
+import pytest
+
+from localeft import InvalidParameterError, SamplingParams
+from localeft.sampling import Sampler
+
+
+def reference_kept(logits, t, top_k, top_p, min_p):
+    """Brute force with a full sort: temperature → top-k → top-p → min-p, HF order."""
+    z = np.asarray(logits, dtype=np.float64) / t
+    order = np.argsort(-z, kind="stable")
+    if top_k:
+        order = order[:top_k]
+    w = np.exp(z[order] - z[order[0]])
+    if top_p < 1:
+        cum = np.cumsum(w) / w.sum()
+        order, w = order[: np.searchsorted(cum, top_p) + 1], w[: np.searchsorted(cum, top_p) + 1]
+    if min_p:
+        keep = w >= min_p * w[0]
+        order, w = order[keep], w[keep]
+    return dict(zip(order.tolist(), (w / w.sum()).tolist()))
+
+
+CASES = [
+    dict(temperature=1.0, top_k=40),
+    dict(temperature=0.7, top_p=0.9),
+    dict(temperature=1.3, min_p=0.05),
+    dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
+    dict(temperature=2.0, top_k=1000, top_p=0.5),
+    dict(temperature=1.0, top_p=0.999),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("n", [600, 151936])
+def test_filters_keep_exactly_the_right_tokens(case, n):
+    rng = np.random.default_rng(n)
+    for trial in range(3):
+        logits = (rng.standard_normal(n) * (2 + trial)).astype(np.float32)
+        d = Sampler(SamplingParams(**case), n).dist(logits)
+        ref = reference_kept(logits, case["temperature"], case.get("top_k", 0),
+                             case.get("top_p", 1.0), case.get("min_p", 0.0))
+        assert set(d.ids.tolist()) == set(ref)
+        got = dict(zip(d.ids.tolist(), d.probs.tolist()))
+        assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+
+
+def test_unfiltered_distribution_is_the_softmax():
+    logits = np.random.default_rng(1).standard_normal(151936).astype(np.float32) * 3
+    d = Sampler(SamplingParams(temperature=0.7), logits.size).dist(logits)
+    z = logits.astype(np.float64) / 0.7
+    p = np.exp(z - z.max())
+    assert np.abs(d.dense(logits.size) - p / p.sum()).max() < 1e-7  # float32 exp, fine vs 1e-5
+
+
+def test_greedy_is_argmax():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        logits = rng.standard_normal(5000).astype(np.float32)
+        assert Sampler(SamplingParams(), 5000)(logits) == int(np.argmax(logits))
+
+
+@pytest.mark.parametrize("case", [dict(temperature=1.0), dict(temperature=0.8, top_k=5, top_p=0.9)])
+def test_draws_follow_the_distribution(case):
+    """Chi-square goodness of fit over 20,000 draws (fails if draws are biased)."""
+    logits = np.random.default_rng(3).standard_normal(30).astype(np.float32) * 1.5
+    s = Sampler(SamplingParams(seed=7, **case), 30)
+    d = s.dist(logits)
+    p = d.dense(30)
+    n = 20000
+    counts = np.bincount([s.sample(d) for _ in range(n)], minlength=30)
+    assert counts[p == 0].sum() == 0  # never draws a filtered token
+    keep = p > 0
+    chi2 = (((counts[keep] - n * p[keep]) ** 2) / (n * p[keep])).sum()
+    dof = keep.sum() - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * dof)  # ~5 sigma bound
+
+
+def test_same_seed_same_draws():
+    logits = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    draw = lambda seed: [Sampler(SamplingParams(temperature=1, seed=seed), 1000)(logits)  # noqa: E731
+                         for _ in range(1)]
+    a = Sampler(SamplingParams(temperature=1.0, seed=5), 1000)
+    b = Sampler(SamplingParams(temperature=1.0, seed=5), 1000)
+    assert [a(logits) for _ in range(50)] == [b(logits) for _ in range(50)]
+    assert draw(1) == draw(1)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(temperature=float("inf")),
+                                dict(top_p=0), dict(top_p=1.5), dict(min_p=1), dict(top_k=-3),
+                                dict(top_k=2.5), dict(seed="x")])
+def test_invalid_settings_are_rejected(kw):
+    with pytest.raises(InvalidParameterError):
+        SamplingParams(**kw)
