@@ -1,0 +1,292 @@
+"""Model registry: presets from models.toml, user overrides, and the Hugging Face cache.
+
+Hub files live in the standard Hugging Face cache (HF_HUB_CACHE / HF_HOME, read by
+huggingface_hub when it is imported), so they are shared with every other tool that uses it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 has no tomllib; tomli is the same parser under its old name
+    import tomli as tomllib
+
+import huggingface_hub
+from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                   LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                   RepositoryNotFoundError, are_progress_bars_disabled,
+                                   disable_progress_bars, enable_progress_bars)
+
+from localeft.errors import ConfigError, DownloadError, ModelFileError
+
+ROLES = ("large_base", "small_ft", "small_base")
+SHIPPED_CONFIG = Path(__file__).with_name("models.toml")
+_ROLE_KEYS = {"repo", "file", "path", "size_gb"}
+# huggingface_hub's HTTP library (requests, httpx or httpx2 by version) is HfHubHTTPError's other
+# base class; its transport errors (e.g. a connection dropped mid-download) can escape unwrapped.
+_HTTP_ERRORS = tuple(c for c in HfHubHTTPError.__bases__ if c is not OSError)
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One role of a preset: a Hub file (``repo`` + ``file``) or a local ``path``."""
+
+    role: str
+    repo: str | None
+    file: str | None
+    path: str | None
+    size_gb: float | None
+    preset: str | None = field(default=None, compare=False)  # names `localeft pull PRESET`
+
+    @property
+    def label(self) -> str:
+        """Human text: the local path, or ``repo/file``."""
+        return self.path if self.path is not None else f"{self.repo}/{self.file}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named EFT trio plus suggested settings (beta, temperature, n_ctx, ...)."""
+
+    name: str
+    description: str
+    roles: dict[str, ModelRef]
+    settings: dict[str, Any]
+    notes: str = ""
+
+
+def user_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/localeft/models.toml`` (default ``~/.config/localeft/models.toml``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "localeft" / "models.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _merge(presets: dict[str, dict], origin: dict[str, Path], data: dict, path: Path) -> None:
+    """Deep-merge one file's ``[presets.*]`` tables into ``presets``, per preset and per role."""
+    unknown = sorted(set(data) - {"default", "presets"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+                          "expected `default = ...` and [presets.NAME] tables")
+    tables = data.get("presets", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"{path}: presets must be [presets.NAME] tables")
+    for name, table in tables.items():
+        merged = dict(presets.get(name, {}))
+        for key, value in table.items():
+            if key in ROLES and isinstance(value, dict):
+                value, base = dict(value), dict(merged.get(key) or {})
+                if isinstance(value.get("path"), str):  # relative to the file that names it
+                    value["path"] = str(path.parent / Path(value["path"]).expanduser())
+                if "path" in value:  # a local file replaces a Hub reference, and vice versa
+                    base = {k: v for k, v in base.items() if k not in ("repo", "file", "size_gb")}
+                elif "repo" in value or "file" in value:
+                    base.pop("path", None)
+                value = {**base, **value}
+            merged[key] = value
+        presets[name], origin[name] = merged, path
+
+
+def _build(name: str, table: dict, path: Path) -> Preset:
+    """Validate one merged preset table and turn it into a Preset."""
+    def bad(msg: str) -> ConfigError:
+        return ConfigError(f"{path}: preset '{name}': {msg}")
+
+    stray = sorted(k for k, v in table.items() if isinstance(v, dict) and k not in ROLES)
+    if stray:  # [presets.qwen2.5-7b] parses as preset "qwen2" with a table "5-7b"
+        hint = (f'quote names containing dots: [presets."{name}.{stray[0]}"]'
+                if stray[0][:1].isdigit() else f"roles are {', '.join(ROLES)}")
+        raise bad(f"unknown table(s) {', '.join(stray)}; {hint}")
+    roles = {}
+    for role in ROLES:
+        spec = table.get(role)
+        if not isinstance(spec, dict):
+            raise bad(f"missing [{role}] table (a preset needs {', '.join(ROLES)})")
+        if set(spec) - _ROLE_KEYS:
+            raise bad(f"{role}: unknown key(s) {', '.join(sorted(set(spec) - _ROLE_KEYS))}")
+        repo, file, local, size = (spec.get(k) for k in ("repo", "file", "path", "size_gb"))
+        if local is not None:
+            if not isinstance(local, str) or not local:
+                raise bad(f"{role}: path must be a non-empty string")
+            repo = file = None
+        elif not (isinstance(repo, str) and repo.count("/") == 1 and isinstance(file, str)
+                  and file):
+            raise bad(f'{role}: needs repo = "ORG/NAME" and file = "x.gguf", or path = "..."')
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))):
+            raise bad(f"{role}: size_gb must be a number")
+        roles[role] = ModelRef(role, repo, file, local, None if size is None else float(size), name)
+    settings = {k: v for k, v in table.items() if k not in (*ROLES, "description", "notes")}
+    for key, kind in (("beta", (int, float)), ("temperature", (int, float)), ("n_ctx", int)):
+        value = settings.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise bad(f"{key} must be a number" + (" (an integer)" if kind is int else ""))
+    description, notes = table.get("description", ""), table.get("notes", "")
+    if not (isinstance(description, str) and isinstance(notes, str)):
+        raise bad("description and notes must be strings")
+    return Preset(name, description, roles, settings, notes)
+
+
+def _suggest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3)
+    if close:
+        return f"; did you mean: {', '.join(close)}?"
+    return "; known: " + ", ".join(sorted(names))
+
+
+def load_presets(config: PathLike | None = None) -> tuple[dict[str, Preset], str]:
+    """Shipped presets merged with the user file (``config``, else the XDG one if it exists).
+
+    Returns ``(presets by name, default preset name)``; any mistake raises ConfigError.
+    """
+    files = [SHIPPED_CONFIG]
+    if config is not None:
+        files.append(Path(config).expanduser())
+    elif user_config_path().is_file():
+        files.append(user_config_path())
+    tables: dict[str, dict] = {}
+    origin: dict[str, Path] = {}
+    default, default_origin = None, SHIPPED_CONFIG
+    for path in files:
+        data = _read_toml(path)
+        _merge(tables, origin, data, path)
+        if "default" in data:
+            default, default_origin = data["default"], path
+    presets = {name: _build(name, table, origin[name]) for name, table in tables.items()}
+    if not isinstance(default, str) or default not in presets:
+        raise ConfigError(f"{default_origin}: default preset {default!r} is not defined"
+                          + _suggest(str(default), presets))
+    return presets, default
+
+
+def get_preset(name: str | None, config: PathLike | None = None) -> Preset:
+    """The preset called ``name`` (the default one if None); unknown names get suggestions."""
+    presets, default = load_presets(config)
+    name = name or default
+    folded = {n.lower(): n for n in presets}
+    if name.lower() in folded:
+        return presets[folded[name.lower()]]
+    raise ConfigError(f"unknown preset '{name}'" + _suggest(name, presets))
+
+
+def _env_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, not when huggingface_hub loaded."""
+    values = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(v.strip().upper() in {"1", "ON", "YES", "TRUE"} for v in values)
+
+
+def _offline_error(ref: ModelRef) -> DownloadError:
+    return DownloadError(f"{ref.role} model {ref.label} is not in the Hugging Face cache and "
+                         "HF_HUB_OFFLINE is set / --offline was given; "
+                         f"run `localeft pull {ref.preset or 'PRESET'}` with network access")
+
+
+def _download_error(ref: ModelRef, e: BaseException) -> DownloadError:
+    """Turn a huggingface_hub or network failure into a one-line DownloadError."""
+    what = f"{ref.role} model {ref.label}"
+    first = (str(e).strip() or type(e).__name__).splitlines()[0]
+    if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
+        return _offline_error(ref)
+    if isinstance(e, GatedRepoError):
+        msg = (f"{ref.repo} is a gated repository: accept its licence at https://huggingface.co/"
+               f"{ref.repo} and log in with `hf auth login` (or set HF_TOKEN)")
+    elif isinstance(e, RepositoryNotFoundError):
+        msg = (f"repository {ref.repo} ({ref.role}) was not found on the Hugging Face Hub "
+               "(if it is private, log in with `hf auth login`)")
+    elif isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's "no connection" error
+        msg = (f"cannot download {what}: the Hugging Face Hub is unreachable; "
+               "check the network connection (and any proxy or HF_ENDPOINT setting)")
+    elif isinstance(e, EntryNotFoundError):
+        msg = f"file {ref.file} ({ref.role}) was not found in repository {ref.repo} on the Hub"
+    elif isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        msg = f"cannot download {what}: {first}" + (
+            "; check your token (`hf auth login`)" if status == 401 else "")
+    elif isinstance(e, OSError) and e.errno is not None:  # disk full, permissions, ...
+        msg = f"cannot download {what}: {e.strerror or first}"
+    else:
+        msg = (f"cannot download {what}: the Hugging Face Hub is unreachable or the transfer was "
+               f"interrupted ({type(e).__name__}: {first}); run it again to resume")
+    return DownloadError(msg)
+
+
+def is_cached(ref: ModelRef, cache_dir: PathLike | None = None) -> Path | None:
+    """The file's path if it is available without network (local file or HF cache), else None."""
+    if ref.path is not None:
+        local = Path(ref.path).expanduser()
+        return local if local.is_file() else None
+    hit = huggingface_hub.try_to_load_from_cache(ref.repo, ref.file, cache_dir=cache_dir)
+    return Path(hit) if isinstance(hit, str) else None  # None, or the cached "no such file" mark
+
+
+def resolve(ref: ModelRef, *, download: bool, offline: bool | None = None,
+            cache_dir: PathLike | None = None, progress: bool = True) -> Path:
+    """Local path of ``ref``: a local file, a cached Hub file, or (if allowed) a fresh download.
+
+    ``offline=None`` reads HF_HUB_OFFLINE from the environment now. A missing local file raises
+    ModelFileError; a Hub file that is neither cached nor downloadable raises DownloadError.
+    """
+    if ref.path is not None:
+        local = Path(ref.path).expanduser()
+        if not local.is_file():
+            raise ModelFileError(f"{ref.role} model file not found: {local}")
+        return local
+    cached = is_cached(ref, cache_dir)
+    if cached is not None:
+        return cached
+    if _env_offline() if offline is None else offline:
+        raise _offline_error(ref)
+    if not download:
+        raise DownloadError(f"{ref.role} model {ref.label} is not in the Hugging Face cache; "
+                            f"run `localeft pull {ref.preset or 'PRESET'}` to download it")
+    silence = not progress and not are_progress_bars_disabled()
+    if silence:
+        disable_progress_bars()
+    try:  # hf_hub_download shows progress and resumes partial downloads by itself
+        return Path(huggingface_hub.hf_hub_download(ref.repo, ref.file, cache_dir=cache_dir))
+    except (OSError, *_HTTP_ERRORS) as e:  # every huggingface_hub error class is an OSError
+        raise _download_error(ref, e) from e
+    finally:
+        if silence:
+            enable_progress_bars()
+
+
+def pull(preset: Preset, *, offline: bool | None = None,
+         cache_dir: PathLike | None = None) -> dict[str, Path]:
+    """Download every role of ``preset`` that is not cached yet; returns role -> local path."""
+    return {role: resolve(ref, download=True, offline=offline, cache_dir=cache_dir)
+            for role, ref in preset.roles.items()}
+
+
+def describe(preset: Preset, cache_dir: PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows for ``localeft models``: role, label, local, cached, path, size_gb, size_estimated.
+
+    ``size_gb`` is the size on disk when the file is available, else the preset's estimate.
+    """
+    rows = []
+    for role, ref in preset.roles.items():
+        found = is_cached(ref, cache_dir)
+        rows.append({"role": role, "label": ref.label, "local": ref.path is not None,
+                     "cached": found is not None, "path": str(found) if found else None,
+                     "size_gb": round(found.stat().st_size / 1e9, 3) if found else ref.size_gb,
+                     "size_estimated": found is None})
+    return rows
