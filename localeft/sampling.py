@@ -121,20 +121,29 @@ class Sampler:
         top = float(logits.max())
         n = logits.size
         if not p.filtered:  # dense: exp over the whole vocabulary into a preallocated buffer
-            buf = self._buf[:n]
-            np.subtract(logits, top, out=buf)
-            buf *= inv_t
-            np.exp(buf, out=buf)
+            buf = self._weights(logits, top, inv_t)
             buf[buf < math.exp(-DROP)] = 0.0
             return Dist(None, buf / buf.sum(dtype=np.float64))
-        # Candidates: everything a filter could keep, found without sorting the vocabulary.
+        # Candidates: a superset of what the filters keep, found without sorting the vocabulary.
         top_k = 0 < p.top_k < n
-        floor = top - DROP * p.temperature
+        total = None  # the mass top-p is relative to
         if top_k:
-            floor = max(floor, _count_threshold(logits, top, p.top_k))
-        if p.min_p > 0 and not (top_k and p.top_p < 1):  # top-p needs all top-k survivors' mass
-            floor = max(floor, top + p.temperature * math.log(p.min_p))
-        ids = np.flatnonzero(logits >= floor)
+            floor = max(top - DROP * p.temperature, _count_threshold(logits, top, p.top_k))
+            if p.min_p > 0 and p.top_p == 1:
+                floor = max(floor, top + p.temperature * math.log(p.min_p))
+            ids = np.flatnonzero(logits >= floor)
+        elif p.top_p < 1:
+            # Widen a weight threshold until the tokens above it hold top_p of the mass: the
+            # nucleus (a prefix of the sorted order) lies inside that set.
+            buf = self._weights(logits, top, inv_t)
+            total = float(buf.sum(dtype=np.float64))
+            for c in (1e-2, 1e-4, 1e-7, math.exp(-DROP)):
+                c = max(c, p.min_p)
+                if c == p.min_p or np.sum(buf, where=buf >= c, dtype=np.float64) >= p.top_p * total:
+                    break
+            ids = np.flatnonzero(buf >= c)
+        else:  # min-p only
+            ids = np.flatnonzero(logits >= top + p.temperature * math.log(p.min_p))
         z = logits[ids].astype(np.float64)
         order = np.argsort(-z, kind="stable")
         ids, z = ids[order], z[order]
@@ -142,21 +151,20 @@ class Sampler:
             ids, z = ids[: p.top_k], z[: p.top_k]
         w = np.exp((z - top) * inv_t)
         if p.top_p < 1:
-            # Mass is relative to the top-k survivors, or to the whole vocabulary without top-k.
-            if top_k:
-                total = w.sum()
-            else:
-                buf = self._buf[:n]
-                np.subtract(logits, top, out=buf)
-                buf *= inv_t
-                total = float(np.exp(buf, out=buf).sum(dtype=np.float64))
-            cum = np.cumsum(w) / total
+            cum = np.cumsum(w) / (w.sum() if total is None else total)
             cut = int(np.searchsorted(cum, p.top_p, side="left")) + 1
             ids, w = ids[:cut], w[:cut]
         if p.min_p > 0:
             keep = w >= p.min_p * w[0]
             ids, w = ids[keep], w[keep]
         return Dist(ids, w / w.sum())
+
+    def _weights(self, logits: np.ndarray, top: float, inv_t: float) -> np.ndarray:
+        """exp((logits − top) / T) into the preallocated buffer (top token = 1)."""
+        buf = self._buf[: logits.size]
+        np.subtract(logits, top, out=buf)
+        buf *= inv_t
+        return np.exp(buf, out=buf)
 
     def sample(self, dist: Dist) -> int:
         if dist.ids is not None and dist.ids.size == 1:
