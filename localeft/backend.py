@@ -48,7 +48,10 @@ def _last_error() -> str:
 
 
 def default_threads() -> int:
-    """All cores this process may use (llama-cpp-python's default of cores/2 halves CPU speed)."""
+    """$LOCALEFT_THREADS, else all cores this process may use (llama-cpp-python's default of
+    cores/2 halves CPU speed)."""
+    if os.environ.get("LOCALEFT_THREADS", "").isdigit():
+        return max(1, int(os.environ["LOCALEFT_THREADS"]))
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS

@@ -8,6 +8,7 @@ oracle_small_base, padded, incompatible, no_template, not_gguf, truncated.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from tinymodels import write_tiny_set  # noqa: E402
+
+# Tiny models run fastest on one thread, and tests must not fight over a shared 2-core machine.
+os.environ.setdefault("LOCALEFT_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
