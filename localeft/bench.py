@@ -1,0 +1,221 @@
+"""Benchmark: EFT against the models alone, measured in one run with alternating repetitions.
+
+Baselines run each model through plain llama-cpp-python (`llama_cpp.Llama`, greedy argmax over
+the last logits), with the same threads and flash-attention setting as localeft's contexts.
+Reported: median decode tok/s per variant, EFT time per token ÷ the sum of the three models'
+own times, localeft's per-step split, combine+sample cost at the real vocabulary size, prompt
+processing speed, and peak RSS against the GGUF sizes plus KV caches.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from .backend import default_threads
+from .engine import Emulator
+from .sampling import Sampler, SamplingParams
+
+PROMPT = [{"role": "user", "content": "Write a Python function that checks whether a number is "
+           "prime, with a docstring and a few tests."}]
+LONG_PROMPT = "def fibonacci(n):\n    " * 40
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (VmHWM), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if os.uname().sysname == "Darwin" else rss * 1024
+
+
+def _kv_bytes(em: Emulator) -> int:
+    """KV cache bytes of every context (llama.cpp allocates them at context creation)."""
+    total = 0
+    for r in em._order:
+        m = r.ctx.model
+        n_layer = int(m.meta(f"{m.meta('general.architecture')}.block_count") or 0)
+        n_embd = int(m.meta(f"{m.meta('general.architecture')}.embedding_length") or 0)
+        heads = int(m.meta(f"{m.meta('general.architecture')}.attention.head_count") or 1)
+        kv_heads = int(m.meta(f"{m.meta('general.architecture')}.attention.head_count_kv") or heads)
+        total += 2 * 2 * n_layer * r.ctx.n_ctx * n_embd * kv_heads // heads  # K and V, F16
+    return total
+
+
+class _Alone:
+    """One model through plain llama-cpp-python: greedy decode, the baseline."""
+
+    def __init__(self, path, n_ctx, n_threads, n_gpu_layers):
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+                                   n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers,
+                                   flash_attn=True, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def decode_seconds(self, prompt: list[int], n: int) -> float:
+        llm = self.llm
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        llm.eval(prompt)
+        t = time.perf_counter()
+        for _ in range(n):
+            ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            tok = int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+            llm.eval([tok])
+        return time.perf_counter() - t
+
+
+def combine_sample_ms(n_vocab: int, settings: dict, steps: int = 200) -> float:
+    """Median ms of one combine + sample over three random logits rows of n_vocab."""
+    rng = np.random.default_rng(0)
+    rows = [(rng.standard_normal(n_vocab) * 3).astype(np.float32) for _ in range(3)]
+    from .eft import Combiner, Term
+
+    comb = Combiner(n_vocab, 0, [Term(1, 2, 1.0)])
+    sampler = Sampler(SamplingParams(seed=0, **settings), n_vocab)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        sampler(comb.combine(rows))
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
+        n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
+        speculative: bool = True, draft_tokens: int | None = None,
+        sampling: dict | None = None, baselines: bool = True, log=lambda s: None) -> dict:
+    """Measure everything; returns a JSON-ready dict."""
+    n_threads = n_threads or default_threads()
+    sampling = sampling or {}
+    paths = {"large_base": large_base, "small_ft": small_ft, "small_base": small_base}
+    log("loading the emulator")
+    em = Emulator(large_base=large_base, small_ft=small_ft, small_base=small_base, n_ctx=n_ctx,
+                  n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    kw = dict(max_tokens=n_tokens, seed=0, **sampling)
+    variants = {"eft": dict(speculative=False)}
+    if speculative:
+        variants["eft_speculative"] = dict(speculative=True, draft_tokens=draft_tokens)
+    # prompt processing: fresh caches, a long raw prompt
+    for r in em._order:
+        r.ctx.truncate(0)
+    long_prompt = LONG_PROMPT
+    while len(em.models["base"].tokenize(long_prompt)) > n_ctx // 2:
+        long_prompt = long_prompt[: len(long_prompt) * 3 // 4]
+    g = em.generate(long_prompt, max_tokens=1, speculative=False)
+    prompt_tps = g.stats.prompt_evaluated / g.stats.prompt_seconds
+    em.chat(PROMPT, max_tokens=2, speculative=False)  # warm-up
+    engine_peak = peak_rss_bytes()
+
+    alone = {}
+    if baselines:
+        log("loading the baselines (plain llama-cpp-python)")
+        for role, path in paths.items():
+            alone[role] = _Alone(path, n_ctx, n_threads, n_gpu_layers)
+        prompt_ids = em._prompts(PROMPT, [0])[0]
+        for a in alone.values():
+            a.decode_seconds(prompt_ids, 2)  # warm-up
+
+    times: dict[str, list[float]] = {name: [] for name in [*variants, *alone]}
+    last_stats = {}
+    for rep in range(reps):
+        order = list(variants) + list(alone)
+        order = order[rep % len(order):] + order[: rep % len(order)]  # alternate the order
+        for name in order:
+            if name in variants:
+                g = em.chat(PROMPT, **kw, **variants[name])
+                times[name].append(g.stats.decode_seconds / max(g.stats.generated_tokens, 1))
+                last_stats[name] = g.stats
+            else:
+                times[name].append(alone[name].decode_seconds(prompt_ids, n_tokens) / n_tokens)
+            log(f"rep {rep + 1}/{reps} {name}: {1000 * times[name][-1]:.1f} ms/token")
+
+    med = {name: statistics.median(v) for name, v in times.items()}
+    eft = last_stats["eft"]
+    per_token = max(eft.generated_tokens, 1)
+    result = {
+        "machine": {"threads": n_threads, "gpu_layers": n_gpu_layers,
+                    "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())},
+        "models": {role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
+                   for role, p in paths.items()},
+        "n_tokens": n_tokens, "reps": reps, "sampling": sampling,
+        "ms_per_token": {k: 1000 * v for k, v in med.items()},
+        "tokens_per_second": {k: 1 / v for k, v in med.items()},
+        "eft_step_ms": {
+            **{f"decode_{k}": 1000 * v / per_token for k, v in eft.model_seconds.items()},
+            "fetch_combine_sample": 1000 * eft.numpy_seconds / per_token,
+        },
+        "combine_sample_ms_at_vocab": {
+            "n_vocab": em.vocab.n_shared,
+            "greedy": combine_sample_ms(em.vocab.n_shared, {}),
+            "top_p_0.9_temp_0.8": combine_sample_ms(em.vocab.n_shared,
+                                                    {"temperature": 0.8, "top_p": 0.9}),
+            "temp_1.0": combine_sample_ms(em.vocab.n_shared, {"temperature": 1.0}),
+        },
+        "prompt_tokens_per_second": prompt_tps,
+        "memory": {
+            "peak_rss_bytes": engine_peak,
+            "gguf_bytes": sum(m.path.stat().st_size for m in em._models.values()),
+            "kv_bytes": _kv_bytes(em),
+        },
+    }
+    mem = result["memory"]
+    mem["rss_ratio"] = mem["peak_rss_bytes"] / (mem["gguf_bytes"] + mem["kv_bytes"])
+    if alone:
+        total = med["large_base"] + med["small_ft"] + med["small_base"]
+        result["ratios"] = {
+            "eft_vs_sum_of_models": med["eft"] / total,
+            "eft_speed_vs_large_alone": med["large_base"] / med["eft"],
+        }
+        if "eft_speculative" in med:
+            result["ratios"]["speculative_speed_vs_eft"] = med["eft"] / med["eft_speculative"]
+            result["ratios"]["speculative_speed_vs_large_alone"] = (
+                med["large_base"] / med["eft_speculative"])
+    if "eft_speculative" in last_stats:
+        s = last_stats["eft_speculative"]
+        result["speculative"] = {"acceptance_rate": s.acceptance_rate,
+                                 "mean_accepted": s.mean_accepted, "last_k": s.draft_tokens,
+                                 "draft_ms_per_token": 1000 * s.draft_seconds / max(s.generated_tokens, 1),
+                                 "verify_ms_per_token": 1000 * s.verify_seconds / max(s.generated_tokens, 1)}
+    for a in alone.values():
+        a.llm.close()
+    em.close()
+    return result
+
+
+def format_table(r: dict) -> str:
+    """A human-readable report of `run`'s result."""
+    lines = [f"threads={r['machine']['threads']} gpu_layers={r['machine']['gpu_layers']} "
+             f"tokens={r['n_tokens']} reps={r['reps']} sampling={r['sampling'] or 'greedy'}", ""]
+    lines.append(f"{'variant':<22}{'ms/token':>10}{'tok/s':>9}")
+    for k, v in r["ms_per_token"].items():
+        lines.append(f"{k:<22}{v:>10.1f}{r['tokens_per_second'][k]:>9.2f}")
+    if "ratios" in r:
+        lines.append("")
+        for k, v in r["ratios"].items():
+            lines.append(f"{k:<36}{v:>8.3f}")
+    if "speculative" in r:
+        s = r["speculative"]
+        lines.append(f"speculative: acceptance {s['acceptance_rate']:.2f}, "
+                     f"{s['mean_accepted']:.2f} accepted per verification, last k={s['last_k']}")
+    lines.append("")
+    lines.append("EFT step split (ms/token): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in r["eft_step_ms"].items()))
+    c = r["combine_sample_ms_at_vocab"]
+    lines.append(f"combine+sample at n_vocab={c['n_vocab']}: greedy {c['greedy']:.3f} ms, "
+                 f"top-p {c['top_p_0.9_temp_0.8']:.3f} ms, temp-only {c['temp_1.0']:.3f} ms")
+    lines.append(f"prompt processing: {r['prompt_tokens_per_second']:.1f} tok/s")
+    m = r["memory"]
+    lines.append(f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB vs GGUF {m['gguf_bytes'] / 2**20:.0f}"
+                 f" MiB + KV {m['kv_bytes'] / 2**20:.0f} MiB (ratio {m['rss_ratio']:.2f})")
+    return "\n".join(lines)
