@@ -138,7 +138,9 @@ class Emulator:
 
     Up-scaling: `Emulator(large_base=..., small_ft=..., small_base=..., beta=1.0)`.
     General: `Emulator(base=..., experts=[Expert(ft, ref, weight), ...])`; down-scaling is
-    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`.
+    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. `drafter` picks the expert
+    whose fine-tuned model drafts for speculative decoding, runs alone in mode "ft", supplies
+    the chat template and decides end of generation.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class Emulator:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         base_prompt: BasePrompt = "template",
+        drafter: int = 0,
     ):
         trio = (large_base, small_ft, small_base)
         if any(x is not None for x in trio):
@@ -170,6 +173,8 @@ class Emulator:
         if base_prompt not in ("template", "transcript"):
             raise InvalidParameterError(f"base_prompt must be 'template' or 'transcript', got {base_prompt!r}")
         self.base_prompt = base_prompt
+        if not (isinstance(drafter, int) and 0 <= drafter < len(experts)):
+            raise InvalidParameterError(f"drafter must be an expert index, got {drafter!r}")
         self.experts = [Expert(e.ft, e.ref, check_weight("expert weight", e.weight)) for e in experts]
         self.beta = beta  # validated by the setter
 
@@ -193,6 +198,7 @@ class Emulator:
             for i, e in enumerate(self.experts)
         ]
         self.vocab: VocabCheck = check_vocabularies(list(self._models.values()))
+        self._drafter = self._terms_raw[drafter][0]  # context of the fine-tuned model that drafts
         self._order = list(self._roles.values())
 
     # --- settings --------------------------------------------------------------------------
@@ -218,11 +224,11 @@ class Emulator:
     def _roles_for(self, mode: str) -> list[int]:
         if mode == "eft":
             return list(range(len(self._order)))
-        return [self._base] if mode == "base" else [self._terms_raw[0][0]]
+        return [self._base] if mode == "base" else [self._drafter]
 
     @property
     def _ft_model(self) -> Model:
-        return self._order[self._terms_raw[0][0]].ctx.model
+        return self._order[self._drafter].ctx.model
 
     # --- prompts ---------------------------------------------------------------------------
     def _prompts(self, prompt: str | Sequence[Message], indices: list[int]) -> dict[int, list[int]]:

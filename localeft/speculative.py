@@ -80,7 +80,7 @@ class SpeculativeDecoder:
         self.k = draft_tokens or K_START
         self.k_max = max(self.k, K_MAX)
         self.combiner = em._combiner(beta, rows=self.k_max + 1)
-        self.drafter = em._terms_raw[0][0]
+        self.drafter = em._drafter
         self.n = em.vocab.n_shared
         d_vocab = em._order[self.drafter].ctx.n_vocab
         self._q_logits = np.empty((self.k_max + 1, d_vocab), dtype=np.float32)

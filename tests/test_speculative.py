@@ -29,10 +29,12 @@ def test_greedy_speculative_equals_plain(em, prompt, k):
         assert spec.stats.speculative and spec.stats.verifications > 0
 
 
-def test_greedy_speculative_with_two_experts_and_beta(tiny):
+@pytest.mark.parametrize("drafter", [0, 1])
+def test_greedy_speculative_with_two_experts_and_beta(tiny, drafter):
     em = Emulator(base=tiny.large_base, experts=[
         Expert(ft=tiny.small_ft, ref=tiny.small_base, weight=0.6),
-        Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=0.4)], n_ctx=256)
+        Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=0.4)], n_ctx=256,
+        drafter=drafter)
     for beta in (0.5, 2.0):
         plain = em.generate("the cat", max_tokens=30, beta=beta, speculative=False)
         spec = em.generate("the cat", max_tokens=30, beta=beta, draft_tokens=4)
