@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import weakref
 from pathlib import Path
 
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
@@ -93,6 +94,7 @@ class Model:
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._model))
         self.size_bytes = int(llama_cpp.llama_model_size(self._model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._contexts: list[weakref.ref] = []
         self._pieces: dict[int, bytes] = {}
         self._texts: list[bytes] | None = None
 
@@ -100,6 +102,11 @@ class Model:
         return f"Model({self.path.name!r}, n_vocab={self.n_vocab})"
 
     def close(self) -> None:
+        """Free the weights, after every context still open on them."""
+        for ref in getattr(self, "_contexts", ()):
+            ctx = ref()
+            if ctx is not None:
+                ctx.close()
         if getattr(self, "_model", None):
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -171,7 +178,9 @@ class Model:
         return self.meta("tokenizer.chat_template")
 
     def new_context(self, n_ctx: int, n_threads: int | None = None, n_batch: int = 512) -> Context:
-        return Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        ctx = Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self._contexts.append(weakref.ref(ctx))
+        return ctx
 
 
 class Context:
