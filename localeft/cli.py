@@ -1,0 +1,584 @@
+"""The `localeft` command line: generate, chat, compare, pull, models, check.
+
+Commands stay thin: options are declared once (MODEL_OPTIONS, SAMPLING_OPTIONS), `open_emulator`
+resolves the models (explicit paths > preset roles > a download the user agreed to), the engine
+does the rest. A deliberate error ends as one line `localeft: error: ...` and exit status 1;
+click's usage errors exit 2; Ctrl-C exits 130 ("interrupted"); a closed stdout pipe exits quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import textwrap
+from itertools import zip_longest
+
+import click
+
+from . import __version__, registry
+from .engine import Emulator, Expert, Generation, Stats
+from .errors import LocaleftError
+
+MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
+TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
+ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
+
+# One definition per number, shared by the options and the chat REPL's /set.
+BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
+TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
+TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
+SETTABLE = {"beta": ("beta", BETA), "temp": ("temperature", TEMP), "top_k": ("top_k", TOP_K),
+            "top_p": ("top_p", TOP_P), "min_p": ("min_p", MIN_P), "seed": ("seed", SEED),
+            "max_tokens": ("max_tokens", MAX_TOKENS)}
+
+
+class Failure(click.ClickException):
+    """A one-line error: `localeft: error: MESSAGE`, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"localeft: error: {self.message}", err=True)
+
+
+class _Group(click.Group):
+    """Turns deliberate errors, Ctrl-C and a closed stdout pipe into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LocaleftError as e:
+            raise Failure(str(e)) from None
+        except (KeyboardInterrupt, click.Abort):
+            click.echo("\nlocaleft: interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:  # as the Python docs recommend (signal module, SIGPIPE note):
+            with contextlib.suppress(OSError, ValueError):  # (no real stdout under CliRunner)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
+
+
+class ExpertType(click.ParamType):
+    """FT:REF[:WEIGHT] -> Expert (paths containing ':' are not supported here)."""
+
+    name = "FT:REF[:WEIGHT]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Expert):
+            return value
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            self.fail(f"{value!r} is not FT:REF or FT:REF:WEIGHT", param, ctx)
+        try:
+            return Expert(parts[0], parts[1], float(parts[2]) if len(parts) == 3 else 1.0)
+        except ValueError:
+            self.fail(f"weight {parts[2]!r} in {value!r} is not a number", param, ctx)
+
+
+def _stack(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+opt = click.option
+MODEL_OPTIONS = _stack(
+    opt("--preset", metavar="NAME", help="Preset from models.toml (default: the default one)."),
+    opt("--large-base", metavar="PATH", help="Large pre-trained GGUF (overrides the preset)."),
+    opt("--small-ft", metavar="PATH", help="Small fine-tuned GGUF (overrides the preset)."),
+    opt("--small-base", metavar="PATH", help="Small pre-trained GGUF (overrides the preset)."),
+    opt("--expert", "experts", multiple=True, type=ExpertType(),
+        help="Instead of the small pair: add WEIGHT*(FT - REF) to --large-base (repeatable)."),
+    opt("-c", "--ctx-size", type=click.IntRange(min=8),
+        help="Context size in tokens (default: the preset's, else 4096)."),
+    opt("-ngl", "--gpu-layers", type=int, default=0, show_default=True,
+        help="Layers to offload to the GPU (-1: all)."),
+    opt("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: all)."),
+    opt("--base-prompt", type=click.Choice(["template", "transcript"]), default="template",
+        show_default=True, help="What pre-trained models see of a chat."),
+    opt("--config", type=click.Path(dir_okay=False),
+        help="User models.toml (default: ~/.config/localeft/models.toml)."),
+    opt("--offline", is_flag=True, help="Never download; use cached files only."),
+    opt("-y", "--yes", is_flag=True, help="Download missing preset files without asking."),
+)
+SAMPLING_OPTIONS = _stack(
+    opt("--beta", type=BETA, help="Strength of the fine-tuning delta (default: preset's, else 1)."),
+    opt("-n", "--max-tokens", type=MAX_TOKENS, default=256, show_default=True),
+    opt("--temp", type=TEMP, help="Temperature, 0 = greedy (default: the preset's, else 0)."),
+    opt("--top-k", type=TOP_K, default=0, show_default=True, help="0: off."),
+    opt("--top-p", type=TOP_P, default=1.0, show_default=True),
+    opt("--min-p", type=MIN_P, default=0.0, show_default=True),
+    opt("--seed", type=SEED, help="Random seed (default: a fresh one)."),
+    opt("--stop", multiple=True, metavar="TEXT", help="Stop at this text (repeatable)."),
+    opt("--system", metavar="TEXT", help="System message for chat prompts."),
+    opt("--draft", type=click.IntRange(min=1), metavar="N",
+        help="Speculative decoding with a fixed draft length N."),
+    opt("--no-speculative", is_flag=True, help="Plain token-by-token EFT decoding."),
+    opt("-v", "--verbose", is_flag=True, help="Timings and KV-cache reuse on stderr."),
+)
+CHAT_OR_RAW = opt("--chat/--raw", default=True, help="Chat template (default) or raw completion.")
+JSON = opt("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+MODE = opt("--mode", type=click.Choice(list(MODES)), default="eft", show_default=True,
+           help="EFT, or the large base / small fine-tuned model alone.")
+PROMPT = click.argument("prompt", required=False)
+
+
+# --- models --------------------------------------------------------------------------------
+def stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
+def _ask_download(preset: registry.Preset, refs: list) -> bool:
+    if not stdin_is_tty() or registry._env_offline():
+        return False
+    size = sum(r.size_gb or 0 for r in refs)
+    return click.confirm(f"Preset {preset.name} needs {len(refs)} file(s) that are not in the "
+                         f"Hugging Face cache ({', '.join(r.label for r in refs)}; about "
+                         f"{size:.1f} GB). Download now?", default=True, err=True)
+
+
+def _resolve_models(o: dict) -> tuple[dict, dict]:
+    """Paths by role (explicit paths > preset roles) and the preset's settings ({} if none)."""
+    if o["experts"] and (o["small_ft"] or o["small_base"]):
+        raise click.UsageError("--expert replaces --small-ft/--small-base: give every pair as "
+                               "--expert FT:REF:WEIGHT")
+    needed = ["large_base"] if o["experts"] else list(registry.ROLES)
+    paths = {role: o[role] for role in needed if o[role]}
+    missing = [role for role in needed if role not in paths]
+    if not missing and not o["preset"]:
+        return paths, {}
+    preset = registry.get_preset(o["preset"], o["config"])
+    refs = [preset.roles[role] for role in missing]
+    todo = [r for r in refs if r.path is None and registry.is_cached(r) is None]
+    download = bool(todo) and not o["offline"] and (o["yes"] or _ask_download(preset, todo))
+    for ref in refs:
+        paths[ref.role] = registry.resolve(ref, download=download, offline=o["offline"] or None)
+    return paths, preset.settings
+
+
+def open_emulator(o: dict) -> tuple[Emulator, dict]:
+    """The Emulator the options describe, and the preset's settings."""
+    paths, settings = _resolve_models(o)
+    common = dict(n_ctx=o["ctx_size"] or settings.get("n_ctx", 4096), n_threads=o["threads"],
+                  n_gpu_layers=o["gpu_layers"], base_prompt=o["base_prompt"],
+                  beta=o["beta"] if o.get("beta") is not None else settings.get("beta", 1.0))
+    if o["experts"]:
+        return Emulator(base=paths["large_base"], experts=list(o["experts"]), **common), settings
+    return Emulator(**paths, **common), settings
+
+
+def sampling(o: dict, settings: dict) -> dict:
+    """Keyword arguments for Emulator.stream from the sampling options."""
+    if o["draft"] and o["no_speculative"]:
+        raise click.UsageError("--draft and --no-speculative contradict each other")
+    temp = o["temp"] if o["temp"] is not None else settings.get("temperature", 0.0)
+    return dict(max_tokens=o["max_tokens"], temperature=float(temp), top_k=o["top_k"],
+                top_p=o["top_p"], min_p=o["min_p"], seed=o["seed"], stop=list(o["stop"]) or None,
+                speculative=False if o["no_speculative"] else (True if o["draft"] else None),
+                draft_tokens=o["draft"])
+
+
+# --- prompts and output --------------------------------------------------------------------
+def read_prompt(prompt: str | None) -> str:
+    if prompt is None or prompt == "-":
+        if prompt is None and stdin_is_tty():
+            raise click.UsageError("give a PROMPT, or pipe one on stdin")
+        prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        raise Failure("the prompt is empty")
+    return prompt
+
+
+def make_request(text: str, chat: bool, system: str | None) -> str | list[dict]:
+    """A raw completion string, or chat messages (system message first, if any)."""
+    if not chat:
+        if system:
+            raise click.UsageError("--system needs a chat prompt (drop --raw)")
+        return text
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": text}]
+
+
+def run(em: Emulator, request, *, echo: bool, partial: bool = False, **kw) -> Generation | None:
+    """Generate, streaming to stdout if `echo`. Ctrl-C propagates, or with `partial` returns what
+    was generated (finish_reason "interrupted"; None if the generation never started)."""
+    stream = em.stream(request, **kw)
+    try:
+        for piece in stream:
+            if echo:
+                click.echo(piece, nl=False)
+    except KeyboardInterrupt:
+        stream.close()  # the Ctrl-C may have landed outside the engine's generator
+        if not partial:
+            raise
+    return stream.generation
+
+
+def stats_line(s: Stats, full: bool = False) -> str:
+    line = (f"prompt: {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated "
+            f"({s.prompt_seconds:.2f} s) | generated: {s.generated_tokens} tokens, "
+            f"{s.tokens_per_second:.1f} tok/s ({s.ms_per_token:.1f} ms/token)")
+    if s.speculative:
+        line += (f" | speculative: {s.accepted}/{s.drafted} drafted accepted "
+                 f"({s.acceptance_rate:.0%}), k={s.draft_tokens}")
+    if full:
+        per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
+        line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"
+    return line
+
+
+def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
+    if g.finish_reason == "context":
+        click.echo(f"{prefix}(stopped: the context window is full; raise -c/--ctx-size)", err=True)
+    if verbose:
+        click.echo(prefix + stats_line(g.stats), err=True)
+
+
+def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
+    return {"text": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason, "mode": mode,
+            "settings": {**kw, "beta": em.beta, "n_ctx": em.n_ctx, "base_prompt": em.base_prompt},
+            "models": {label: str(m.path) for label, m in em.models.items()},
+            "stats": g.stats.as_dict()}
+
+
+def show_side_by_side(gens: dict[str, Generation]) -> None:
+    width = shutil.get_terminal_size().columns
+    if width < 120:
+        for name, g in gens.items():
+            click.echo(f"── {TITLES[name]} ({g.finish_reason}) ".ljust(min(width, 80), "─"))
+            click.echo((g.text.strip() or "(empty)") + "\n")
+        return
+    w = (width - 6) // 3
+    cols = [[f"{TITLES[name]} ({g.finish_reason})", "─" * w]
+            + [line for para in (g.text.strip() or "(empty)").splitlines()
+               for line in textwrap.wrap(para, w) or [""]] for name, g in gens.items()]
+    for row in zip_longest(*cols, fillvalue=""):
+        click.echo(" │ ".join(cell.ljust(w) for cell in row).rstrip())
+
+
+# --- commands ------------------------------------------------------------------------------
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="localeft",
+                      message="%(prog)s %(version)s")
+def cli():
+    """Emulated fine-tuning (EFT) on your machine: a large pre-trained model steered by a small
+    fine-tuned one, combined token by token through llama.cpp.
+
+    \b
+    Examples:
+      localeft models                      # presets, and which files are downloaded
+      localeft pull qwen2.5-7b             # download a preset into the Hugging Face cache
+      localeft chat                        # talk to the default preset
+      localeft generate "Explain KV caching in two sentences."
+      localeft compare "Write a limerick about GPUs." --temp 0.7 --seed 1
+      localeft check --large-base big.gguf --small-ft ft.gguf --small-base base.gguf
+    """
+
+
+@cli.command()
+@PROMPT
+@MODEL_OPTIONS
+@SAMPLING_OPTIONS
+@CHAT_OR_RAW
+@MODE
+@JSON
+def generate(prompt, chat, mode, as_json, **o):
+    """Generate a reply to PROMPT (or to stdin, also with PROMPT '-') and print it.
+
+    \b
+    Examples:
+      localeft generate "Give me three names for a cat."
+      echo "Summarise: ..." | localeft generate --temp 0.7 --seed 42
+      localeft generate --raw -n 32 "The capital of France is"
+      localeft generate --mode large "Hi"        # the large base model alone
+      localeft generate --json --beta 1.5 "Hi" | jq .stats
+      localeft generate --large-base big.gguf --small-ft ft.gguf --small-base base.gguf "Hi"
+      localeft generate --large-base big.gguf --expert chat.gguf:base.gguf:1 \\
+          --expert code.gguf:base.gguf:0.5 "Write a sort function"
+    """
+    request = make_request(read_prompt(prompt), chat, o["system"])
+    em, settings = open_emulator(o)
+    with em:
+        kw = dict(sampling(o, settings), mode=MODES[mode])
+        g = run(em, request, echo=not as_json, **kw)
+        if as_json:
+            click.echo(json.dumps(result(g, em, kw, mode), ensure_ascii=False, indent=2))
+        elif not g.text.endswith("\n"):
+            click.echo()
+        notes(g, o["verbose"])
+
+
+@cli.command()
+@PROMPT
+@MODEL_OPTIONS
+@SAMPLING_OPTIONS
+@CHAT_OR_RAW
+@JSON
+def compare(prompt, chat, as_json, **o):
+    """Run PROMPT three ways with the same settings: the small fine-tuned model alone, the large
+    base model alone, and EFT. Columns side by side on a wide terminal (120+ columns).
+
+    \b
+    Examples:
+      localeft compare "What is the boiling point of water at altitude?"
+      localeft compare --temp 0.7 --seed 3 -n 128 "Tell me a story"
+      localeft compare --json "Hi" > compare.json
+    """
+    request = make_request(read_prompt(prompt), chat, o["system"])
+    em, settings = open_emulator(o)
+    with em:
+        kw, gens = sampling(o, settings), {}
+        for name in TITLES:
+            gens[name] = run(em, request, echo=False, mode=MODES[name], **kw)
+            notes(gens[name], o["verbose"], prefix=f"[{name}] ")
+        if as_json:
+            out = {n: result(g, em, dict(kw, mode=MODES[n]), n) for n, g in gens.items()}
+            click.echo(json.dumps({"prompt": request, "results": out}, ensure_ascii=False,
+                                  indent=2))
+        else:
+            show_side_by_side(gens)
+
+
+CHAT_HELP = """Commands:
+  /help                 this text
+  /bye                  quit (also /exit, Ctrl-D, or Ctrl-C at the prompt)
+  /clear                forget the conversation (keeps the system message)
+  /set KEY VALUE        KEY: beta temp top_k top_p min_p seed max_tokens
+  /set system TEXT      set (or with no TEXT, remove) the system message
+  /mode eft|large|small generate with EFT, or with one model alone
+  /stats                timings and KV-cache reuse of the last reply
+  /save FILE            write the conversation and settings as JSON
+  \"\"\"                   start and end a multi-line message
+Ctrl-C during a reply stops it and keeps what was written."""
+
+
+class ChatSession:
+    """The REPL: messages, settings, and the stats of every reply."""
+
+    def __init__(self, em: Emulator, kw: dict, mode: str, system: str | None, verbose: bool):
+        self.em, self.kw, self.mode, self.system, self.verbose = em, kw, mode, system, verbose
+        self.messages: list[dict] = []
+        self.replies: list[Stats] = []
+        self.tty = stdin_is_tty()
+
+    def request(self) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.messages
+
+    def input(self, prompt: str) -> str:
+        line = input(prompt)
+        if not self.tty:  # echo scripted input, so the transcript reads like a session
+            click.echo(line)
+        return line
+
+    def read(self) -> str | None:
+        """The next message or command; None to quit (EOF, Ctrl-C at the prompt)."""
+        try:
+            line = self.input(">>> ").strip()
+            if not line.startswith('"""'):
+                return line
+            lines, body = [], line[3:]
+            while not body.rstrip().endswith('"""'):
+                lines.append(body)
+                body = self.input("... ")
+            return "\n".join(lines + [body.rstrip()[:-3]]).strip()
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return None
+
+    def loop(self) -> None:
+        click.echo("localeft chat: /help for commands, /bye to quit.")
+        while (text := self.read()) is not None:
+            if text.startswith("/"):
+                if not self.command(*text[1:].partition(" ")[::2]):
+                    return
+            elif text:
+                self.reply(text)
+
+    def reply(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+        error = "\n(interrupted before the reply began)"
+        try:
+            g = run(self.em, self.request(), echo=True, partial=True, mode=MODES[self.mode],
+                    **self.kw)
+        except LocaleftError as e:  # e.g. the conversation no longer fits the context
+            g, error = None, f"localeft: error: {e}"
+        if g is None:
+            self.messages.pop()
+            return click.echo(error, err=True)
+        if g.finish_reason == "interrupted":
+            click.echo("\n(interrupted; the partial reply is kept)", err=True)
+        else:
+            click.echo()
+        self.messages.append({"role": "assistant", "content": g.text})
+        self.replies.append(g.stats)
+        notes(g, self.verbose)
+
+    def command(self, name: str, arg: str) -> bool:
+        """Run a /command; False means quit."""
+        arg = arg.strip()
+        if name in ("bye", "exit", "quit"):
+            return False
+        if name == "help":
+            click.echo(CHAT_HELP)
+        elif name == "clear":
+            self.messages.clear()
+            click.echo("(conversation cleared)")
+        elif name == "set":
+            self.set(*arg.partition(" ")[::2])
+        elif name == "mode" and arg in MODES:
+            self.mode = arg
+            click.echo(f"(mode: {arg})")
+        elif name == "stats":
+            click.echo(stats_line(self.replies[-1], True) if self.replies else "(no reply yet)")
+        elif name == "save" and arg:
+            self.save(arg)
+        else:
+            usage = {"mode": "/mode eft|large|small", "save": "/save FILE"}.get(name)
+            click.echo(f"usage: {usage}" if usage else f"unknown command /{name}; try /help",
+                       err=True)
+        return True
+
+    def set(self, key: str, value: str) -> None:
+        value = value.strip()
+        if key == "system":
+            self.system = value or None
+            return click.echo("(system message " + ("set)" if value else "removed)"))
+        if key not in SETTABLE:
+            return click.echo(f"cannot set {key!r}; settable: system, {', '.join(SETTABLE)}",
+                              err=True)
+        name, kind = SETTABLE[key]
+        try:
+            v = None if key == "seed" and value in ("none", "random") else kind.convert(
+                value, None, None)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise click.BadParameter(f"{value} is not a finite number")
+            if name == "beta":
+                self.em.beta = v
+            else:
+                self.kw[name] = v
+        except click.BadParameter as e:
+            return click.echo(f"bad value for {key}: {e.message}", err=True)
+        click.echo(f"({key} = {v})")
+
+    def save(self, path: str) -> None:
+        data = {"messages": self.request(),
+                "settings": {**self.kw, "beta": self.em.beta, "mode": self.mode,
+                             "n_ctx": self.em.n_ctx},
+                "models": {label: str(m.path) for label, m in self.em.models.items()},
+                "replies": [s.as_dict() for s in self.replies]}
+        try:
+            with open(os.path.expanduser(path), "w", encoding="utf-8") as f:
+                json.dump(data, f, ensure_ascii=False, indent=2)
+        except OSError as e:
+            return click.echo(f"cannot save to {path}: {e.strerror or e}", err=True)
+        click.echo(f"(saved {len(self.messages)} messages to {path})")
+
+
+@cli.command(help="""Chat interactively; replies stream as they are generated. The KV cache is
+reused between turns, so each turn evaluates only its new tokens (-v or /stats shows it).
+
+\b
+Examples:
+  localeft chat
+  localeft chat --preset gemma3-1b --temp 0.7 --system "You are terse."
+  localeft chat --large-base big.gguf --small-ft ft.gguf --small-base base.gguf -v
+
+\b
+""" + CHAT_HELP)
+@MODEL_OPTIONS
+@SAMPLING_OPTIONS
+@MODE
+def chat(mode, **o):
+    em, settings = open_emulator(o)
+    with em:
+        if stdin_is_tty():
+            with contextlib.suppress(ImportError):
+                import readline  # noqa: F401  (line editing and history for input())
+        ChatSession(em, sampling(o, settings), mode, o["system"], o["verbose"]).loop()
+
+
+@cli.command()
+@click.argument("preset", required=False)
+@opt("--config", type=click.Path(dir_okay=False), help="User models.toml.")
+@opt("--offline", is_flag=True, help="Download nothing; only check the cache.")
+def pull(preset, config, offline):
+    """Download PRESET's models (default: the default preset) into the Hugging Face cache.
+
+    \b
+    Examples:
+      localeft pull                    # the default preset
+      localeft pull gemma3-1b
+      localeft pull --offline qwen3-8b # is everything already cached?
+    """
+    p = registry.get_preset(preset, config)
+    if offline:
+        rows = registry.describe(p)
+        for row in rows:
+            click.echo(f"{row['role']:<11} {row['path'] or 'MISSING ' + row['label']}")
+        missing = sum(not row["cached"] for row in rows)
+        if missing:
+            raise Failure(f"{missing} file(s) of preset {p.name} are not cached; "
+                          f"run `localeft pull {p.name}` with network access")
+        return
+    for role, path in registry.pull(p).items():
+        click.echo(f"{role:<11} {path}")
+    click.echo(f"preset {p.name} is ready: localeft chat --preset {p.name}")
+
+
+@cli.command()
+@opt("--config", type=click.Path(dir_okay=False), help="User models.toml.")
+def models(config):
+    """List the presets, their model files, and whether each is downloaded (* = default).
+
+    \b
+    Examples:
+      localeft models
+      localeft models --config ./my-models.toml
+    """
+    presets, default = registry.load_presets(config)
+    for name, p in presets.items():
+        click.echo(f"{'*' if name == default else ' '} {name}"
+                   + (f" - {p.description}" if p.description else ""))
+        for row in registry.describe(p):
+            gb = row["size_gb"]
+            size = "" if gb is None else (f"{gb:.2f} GB" if gb >= 0.1 else f"{gb * 1e3:.1f} MB")
+            if size and row["size_estimated"]:
+                size += " (est.)"
+            state = ("local" if row["local"] else "cached") if row["cached"] else (
+                "file missing" if row["local"] else "not downloaded")
+            click.echo(f"    {row['role']:<11} {state:<15}{size:>15}  {row['label']}")
+
+
+@cli.command()
+@MODEL_OPTIONS
+def check(**o):
+    """Load the models (a preset, or paths) and check that EFT can combine them: one shared
+    vocabulary, padding, a chat template. Exits non-zero on a mismatch.
+
+    \b
+    Examples:
+      localeft check --preset qwen2.5-7b
+      localeft check --large-base big.gguf --small-ft ft.gguf --small-base base.gguf
+    """
+    em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
+    with em:
+        for label, m in em.models.items():
+            click.echo(f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
+                       f"n_ctx_train {m.n_ctx_train:<7} {m.path}")
+        v = em.vocab
+        click.echo(f"vocabulary: compatible, {v.n_shared} shared token ids")
+        click.echo("padding: " + (f"yes, sizes {sorted(set(v.sizes.values()))}; only ids below "
+                                  f"{v.n_shared} are combined" if v.padded else "none"))
+        ft = next(m for label, m in em.models.items() if label.startswith("ft"))
+        click.echo(f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})" + (
+            "" if ft.chat_template else "; chat prompts fall back to a plain transcript"))
+
+
+def main() -> None:
+    cli.main(prog_name="localeft")
