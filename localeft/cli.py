@@ -117,7 +117,9 @@ SAMPLING_OPTIONS = _stack(
     opt("--system", metavar="TEXT", help="System message for chat prompts."),
     opt("--draft", type=click.IntRange(min=1), metavar="N",
         help="Speculative decoding with a fixed draft length N."),
-    opt("--no-speculative", is_flag=True, help="Plain token-by-token EFT decoding."),
+    opt("--speculative/--no-speculative", default=None,
+        help="Draft with the small fine-tuned model, verify in blocks (default: on with GPU "
+             "offload, where it is faster; off on a CPU)."),
     opt("-v", "--verbose", is_flag=True, help="Timings and KV-cache reuse on stderr."),
 )
 CHAT_OR_RAW = opt("--chat/--raw", default=True, help="Chat template (default) or raw completion.")
@@ -173,12 +175,12 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
 
 def sampling(o: dict, settings: dict) -> dict:
     """Keyword arguments for Emulator.stream from the sampling options."""
-    if o["draft"] and o["no_speculative"]:
+    if o["draft"] and o["speculative"] is False:
         raise click.UsageError("--draft and --no-speculative contradict each other")
     temp = o["temp"] if o["temp"] is not None else settings.get("temperature", 0.0)
     return dict(max_tokens=o["max_tokens"], temperature=float(temp), top_k=o["top_k"],
                 top_p=o["top_p"], min_p=o["min_p"], seed=o["seed"], stop=list(o["stop"]) or None,
-                speculative=False if o["no_speculative"] else (True if o["draft"] else None),
+                speculative=True if o["draft"] else o["speculative"],
                 draft_tokens=o["draft"])
 
 

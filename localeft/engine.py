@@ -15,7 +15,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from .backend import Context, Model
+from .backend import Context, Model, supports_gpu_offload
 from .eft import Combiner, Term, check_weight, log_softmax
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
@@ -168,6 +168,7 @@ class Emulator:
         if base is None or not experts:
             raise InvalidParameterError("an Emulator needs a base model and at least one expert")
         self.n_ctx = _check_positive_int("n_ctx", n_ctx, 8)
+        self.gpu_offload = n_gpu_layers != 0 and supports_gpu_offload()
         if n_threads is not None:
             _check_positive_int("n_threads", n_threads)
         if base_prompt not in ("template", "transcript"):

@@ -43,8 +43,9 @@ class SamplingParams:
             raise InvalidParameterError(f"top_p must be in (0, 1], got {p!r}")
         if not (isinstance(mp, (int, float)) and 0 <= mp < 1):
             raise InvalidParameterError(f"min_p must be in [0, 1), got {mp!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise InvalidParameterError(f"seed must be an integer, got {self.seed!r}")
+        seed = self.seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise InvalidParameterError(f"seed must be an integer >= 0, got {seed!r}")
 
     @property
     def greedy(self) -> bool:

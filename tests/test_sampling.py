@@ -90,7 +90,7 @@ def test_same_seed_same_draws():
 
 @pytest.mark.parametrize("kw", [dict(temperature=-1), dict(temperature=float("inf")),
                                 dict(top_p=0), dict(top_p=1.5), dict(min_p=1), dict(top_k=-3),
-                                dict(top_k=2.5), dict(seed="x")])
+                                dict(top_k=2.5), dict(seed="x"), dict(seed=-1), dict(seed=True)])
 def test_invalid_settings_are_rejected(kw):
     with pytest.raises(InvalidParameterError):
         SamplingParams(**kw)

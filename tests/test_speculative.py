@@ -112,3 +112,10 @@ def test_contexts_roll_back_to_the_accepted_prefix(tiny, em):
     assert text_after == g.text
     for r in em._order:  # every cache holds exactly the tokens its list says
         assert r.ctx.tokens[-len(g.tokens):] == g.tokens
+
+
+def test_default_is_plain_decoding_on_a_cpu_and_speculative_when_asked(em):
+    assert not em.gpu_offload
+    assert not em.generate("hello", max_tokens=4).stats.speculative
+    assert em.generate("hello", max_tokens=4, draft_tokens=2).stats.speculative
+    assert em.generate("hello", max_tokens=4, speculative=True).stats.speculative
