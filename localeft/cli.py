@@ -1,4 +1,4 @@
-"""The `localeft` command line: generate, chat, compare, pull, models, check.
+"""The `localeft` command line: generate, chat, compare, pull, models, check, bench.
 
 Commands stay thin: options are declared once (MODEL_OPTIONS, SAMPLING_OPTIONS), `open_emulator`
 resolves the models (explicit paths > preset roles > a download the user agreed to), the engine
@@ -580,6 +580,40 @@ def check(**o):
         ft = next(m for label, m in em.models.items() if label.startswith("ft"))
         click.echo(f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})" + (
             "" if ft.chat_template else "; chat prompts fall back to a plain transcript"))
+
+
+@cli.command()
+@MODEL_OPTIONS
+@opt("-n", "--tokens", type=click.IntRange(min=1), default=32, show_default=True,
+     help="Tokens generated per measurement.")
+@opt("--reps", type=click.IntRange(min=1), default=3, show_default=True,
+     help="Repetitions (variants alternate; medians are reported).")
+@opt("--draft", type=click.IntRange(min=1), metavar="N", help="Fixed draft length (default: adaptive).")
+@opt("--top-p", type=TOP_P, help="Sample at temperature 0.8 with this top-p (default: greedy).")
+@opt("--no-baselines", is_flag=True, help="Skip the models-alone runs.")
+@JSON
+def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
+    """Measure EFT against each model alone (plain llama-cpp-python), in one run: tok/s medians,
+    EFT time ÷ the three models' summed time, speculative EFT, per-step split, combine+sample
+    cost at the real vocabulary size, prompt speed, peak RSS vs GGUF + KV sizes.
+
+    \b
+    Examples:
+      localeft bench --preset qwen2.5-7b -ngl 99
+      localeft bench --large-base big.gguf --small-ft ft.gguf --small-base base.gguf --json
+    """
+    from . import bench as benchmark
+
+    if o["experts"]:
+        raise click.UsageError("bench measures a trio: give --large-base/--small-ft/--small-base")
+    paths, settings = _resolve_models(o)
+    r = benchmark.run(
+        paths["large_base"], paths["small_ft"], paths["small_base"], n_tokens=tokens, reps=reps,
+        n_ctx=o["ctx_size"] or min(settings.get("n_ctx", 2048), 2048), n_threads=o["threads"],
+        n_gpu_layers=o["gpu_layers"], draft_tokens=draft, baselines=not no_baselines,
+        sampling={"temperature": 0.8, "top_p": top_p} if top_p else {},
+        log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    click.echo(json.dumps(r, indent=2) if as_json else benchmark.format_table(r))
 
 
 def main() -> None:

@@ -19,3 +19,18 @@ def test_bench_smoke_on_tiny_models(tiny):
     assert 0 <= r["speculative"]["acceptance_rate"] <= 1
     table = format_table(r)
     assert "eft_speculative" in table and "peak RSS" in table
+
+
+def test_bench_command_prints_json_and_table(tiny):
+    from click.testing import CliRunner
+
+    from localeft.cli import cli
+
+    paths = ["--large-base", str(tiny.large_base), "--small-ft", str(tiny.small_ft),
+             "--small-base", str(tiny.small_base), "-c", "256", "-t", "1", "-n", "3", "--reps", "1"]
+    r = CliRunner().invoke(cli, ["bench", *paths, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ratios"]["eft_vs_sum_of_models"] > 0
+    r = CliRunner().invoke(cli, ["bench", *paths, "--no-baselines", "--top-p", "0.9"])
+    assert r.exit_code == 0, r.output
+    assert "eft_speculative" in r.stdout and "large_base" not in r.stdout.split("\n\n")[1]
