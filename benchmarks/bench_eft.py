@@ -29,12 +29,13 @@ def main() -> None:
     ap.add_argument("-ngl", "--gpu-layers", type=int, default=0)
     ap.add_argument("--draft", type=int, help="fixed draft length (default: adaptive)")
     ap.add_argument("--top-p", type=float, help="sample with temperature 0.8 and this top-p")
+    ap.add_argument("--no-repack", action="store_true", help="no repacked weight copies")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sampling = {"temperature": 0.8, "top_p": a.top_p} if a.top_p else {}
     r = run(a.large_base, a.small_ft, a.small_base, n_tokens=a.tokens, reps=a.reps,
             n_ctx=a.ctx_size, n_threads=a.threads, n_gpu_layers=a.gpu_layers,
-            draft_tokens=a.draft, sampling=sampling, log=lambda s: print(s, file=sys.stderr))
+            draft_tokens=a.draft, sampling=sampling, repack=not a.no_repack, log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 

@@ -9,6 +9,7 @@ n_ctx x n_vocab score matrix, no copies. Nothing here knows about EFT or samplin
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import weakref
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 
+MAX_OUTPUTS = 16
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=20)
 _initialised = False
 
@@ -75,12 +77,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Model:
     """The weights and vocabulary of one GGUF file (mmap'd, loaded once)."""
 
-    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0):
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, mmap: bool = True,
+                 repack: bool = True):
+        """`repack`: llama.cpp may copy quantised weights into a CPU-friendlier layout (faster
+        matmuls); with `mmap` the file's pages then stay mapped beside the copy."""
         _init_backend()
         self.path = Path(path)
         _check_gguf_file(self.path)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
+        params.use_mmap = mmap
+        params.use_extra_bufts = repack
         _LOG_TAIL.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
@@ -177,8 +184,10 @@ class Model:
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
 
-    def new_context(self, n_ctx: int, n_threads: int | None = None, n_batch: int = 512) -> Context:
-        ctx = Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+    def new_context(self, n_ctx: int, n_threads: int | None = None, n_batch: int = 512,
+                    n_threads_step: int | None = None) -> Context:
+        ctx = Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                      n_threads_step=n_threads_step)
         self._contexts.append(weakref.ref(ctx))
         return ctx
 
@@ -186,7 +195,10 @@ class Model:
 class Context:
     """One KV cache over a model: decode tokens, read logits views, roll back."""
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None, n_batch: int = 512):
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None, n_batch: int = 512,
+                 n_threads_step: int | None = None):
+        """n_threads: for batches (prompts, verification); n_threads_step: for single-token
+        decode steps (defaults to n_threads; fewer when contexts decode concurrently)."""
         self.model = model
         self.n_vocab = model.n_vocab
         threads = n_threads or default_threads()
@@ -194,7 +206,11 @@ class Context:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = self.n_batch = min(n_batch, n_ctx)
         params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = threads
+        # Logits rows one decode may return (speculative verification needs k+1). llama.cpp
+        # otherwise reserves compute memory for n_batch rows: 512 x 152k floats = 311 MB.
+        params.n_outputs_max = self.max_outputs = MAX_OUTPUTS
+        params.n_threads_batch = self.n_threads_batch = threads
+        params.n_threads = self.n_threads_step = n_threads_step or threads
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
@@ -222,6 +238,17 @@ class Context:
 
     __del__ = close
 
+    @contextlib.contextmanager
+    def all_threads(self):
+        """Single-token steps use the batch thread count meanwhile (a context that usually
+        shares the CPU with others, running alone)."""
+        step = self.n_threads_step
+        llama_cpp.llama_set_n_threads(self._ctx, self.n_threads_batch, self.n_threads_batch)
+        try:
+            yield self
+        finally:
+            llama_cpp.llama_set_n_threads(self._ctx, step, self.n_threads_batch)
+
     def eval(self, tokens: list[int], n_logits: int = 1) -> np.ndarray:
         """Decode `tokens` after what the cache holds; logits of the last n_logits positions.
 
@@ -234,7 +261,7 @@ class Context:
         """Like eval, without reading the logits (on GPU builds the read waits for the device,
         so decode every context first and read afterwards)."""
         n = len(tokens)
-        if n == 0 or not 0 < n_logits <= min(n, self.n_batch):
+        if n == 0 or not 0 < n_logits <= min(n, self.n_batch, self.max_outputs):
             raise ValueError(f"bad decode: {n} tokens, {n_logits} logits rows")
         if len(self.tokens) + n > self.n_ctx:
             raise ContextOverflowError(

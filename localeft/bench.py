@@ -9,6 +9,7 @@ processing speed, and peak RSS against the GGUF sizes plus KV caches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -53,6 +54,19 @@ def _kv_bytes(em: Emulator) -> int:
     return total
 
 
+@contextlib.contextmanager
+def _sequential(em: Emulator):
+    """Temporarily decode one context after another, each with every core."""
+    pool, em._pool = em._pool, None
+    with contextlib.ExitStack() as stack:
+        for r in em._order:
+            stack.enter_context(r.ctx.all_threads())
+        try:
+            yield
+        finally:
+            em._pool = pool
+
+
 class _Alone:
     """One model through plain llama-cpp-python: greedy decode, the baseline."""
 
@@ -94,14 +108,15 @@ def combine_sample_ms(n_vocab: int, settings: dict, steps: int = 200) -> float:
 def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
         n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
         speculative: bool = True, draft_tokens: int | None = None,
-        sampling: dict | None = None, baselines: bool = True, log=lambda s: None) -> dict:
+        sampling: dict | None = None, baselines: bool = True, repack: bool = True,
+        log=lambda s: None) -> dict:
     """Measure everything; returns a JSON-ready dict."""
     n_threads = n_threads or default_threads()
     sampling = sampling or {}
     paths = {"large_base": large_base, "small_ft": small_ft, "small_base": small_base}
     log("loading the emulator")
     em = Emulator(large_base=large_base, small_ft=small_ft, small_base=small_base, n_ctx=n_ctx,
-                  n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+                  n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack)
     kw = dict(max_tokens=n_tokens, seed=0, **sampling)
     variants = {"eft": dict(speculative=False)}
     if speculative:
@@ -126,13 +141,19 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
         for a in alone.values():
             a.decode_seconds(prompt_ids, 2)  # warm-up
 
+    if em.overlap:
+        variants["eft_sequential"] = {}
     times: dict[str, list[float]] = {name: [] for name in [*variants, *alone]}
     last_stats = {}
     for rep in range(reps):
         order = list(variants) + list(alone)
         order = order[rep % len(order):] + order[: rep % len(order)]  # alternate the order
         for name in order:
-            if name in variants:
+            if name == "eft_sequential":  # the same engine with overlap off, for comparison
+                with _sequential(em):
+                    g = em.chat(PROMPT, **kw, speculative=False)
+                times[name].append(g.stats.decode_seconds / max(g.stats.generated_tokens, 1))
+            elif name in variants:
                 g = em.chat(PROMPT, **kw, **variants[name])
                 times[name].append(g.stats.decode_seconds / max(g.stats.generated_tokens, 1))
                 last_stats[name] = g.stats
@@ -144,7 +165,8 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
     eft = last_stats["eft"]
     per_token = max(eft.generated_tokens, 1)
     result = {
-        "machine": {"threads": n_threads, "gpu_layers": n_gpu_layers,
+        "machine": {"threads": n_threads, "gpu_layers": n_gpu_layers, "overlap": em.overlap,
+                    "repack": repack,
                     "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())},
         "models": {role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
                    for role, p in paths.items()},
@@ -177,6 +199,8 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
             "eft_vs_sum_of_models": med["eft"] / total,
             "eft_speed_vs_large_alone": med["large_base"] / med["eft"],
         }
+        if "eft_sequential" in med:
+            result["ratios"]["eft_sequential_vs_sum_of_models"] = med["eft_sequential"] / total
         if "eft_speculative" in med:
             result["ratios"]["speculative_speed_vs_eft"] = med["eft"] / med["eft_speculative"]
             result["ratios"]["speculative_speed_vs_large_alone"] = (

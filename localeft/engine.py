@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from .backend import Context, Model, supports_gpu_offload
+from .backend import Context, Model, default_threads, supports_gpu_offload
 from .eft import Combiner, Term, check_weight, log_softmax
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
@@ -140,7 +142,11 @@ class Emulator:
     General: `Emulator(base=..., experts=[Expert(ft, ref, weight), ...])`; down-scaling is
     `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. `drafter` picks the expert
     whose fine-tuned model drafts for speculative decoding, runs alone in mode "ft", supplies
-    the chat template and decides end of generation.
+    the chat template and decides end of generation. `overlap` (default: on for CPU-only runs
+    with 2+ threads) decodes the base model concurrently with the others, the cores split in
+    proportion to model size (measured faster than one model after another on a CPU).
+    `repack=False` keeps llama.cpp from copying quantised weights into its faster CPU layout:
+    ~11% slower CPU decoding, but no second copy of those weights in memory.
     """
 
     def __init__(
@@ -157,6 +163,8 @@ class Emulator:
         n_threads: int | None = None,
         base_prompt: BasePrompt = "template",
         drafter: int = 0,
+        overlap: bool | None = None,
+        repack: bool = True,
     ):
         trio = (large_base, small_ft, small_base)
         if any(x is not None for x in trio):
@@ -181,26 +189,35 @@ class Emulator:
 
         self._models: dict[Path, Model] = {}
         self._roles: dict[tuple[Path, str], _Role] = {}
-
-        def role(path, kind: str, label: str) -> int:
+        many = len(self.experts) > 1
+        specs = [(base, "base", "base")] + [
+            spec for i, e in enumerate(self.experts)
+            for spec in ((e.ft, "ft", f"ft{i}" if many else "ft"),
+                         (e.ref, "base", f"ref{i}" if many else "ref"))]
+        keys = []
+        for path, kind, label in specs:
             p = Path(path).expanduser().resolve()
             if p not in self._models:
-                self._models[p] = Model(p, n_gpu_layers=n_gpu_layers)
-            key = (p, kind)
-            if key not in self._roles:
-                ctx = self._models[p].new_context(self.n_ctx, n_threads)
-                self._roles[key] = _Role(label, ctx, kind)
-            return list(self._roles).index(key)
-
-        self._base = role(base, "base", "base")
-        self._terms_raw = [
-            (role(e.ft, "ft", f"ft{i}" if len(self.experts) > 1 else "ft"),
-             role(e.ref, "base", f"ref{i}" if len(self.experts) > 1 else "ref"), e.weight)
-            for i, e in enumerate(self.experts)
-        ]
+                self._models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
+            keys.append((p, kind, label))
+        unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
+        cores = n_threads or default_threads()
+        step = _step_threads([self._models[p].size_bytes for p, _ in unique], cores,
+                             enabled=overlap is not False and not self.gpu_offload)
+        self.overlap = step is not None
+        for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
+            label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
+            ctx = self._models[p].new_context(self.n_ctx, cores, n_threads_step=n_step)
+            self._roles[(p, kind)] = _Role(label, ctx, kind)
+        index = {key: i for i, key in enumerate(self._roles)}
+        at = [index[(p, kind)] for p, kind, _ in keys]
+        self._base = at[0]
+        self._terms_raw = [(at[1 + 2 * i], at[2 + 2 * i], e.weight)
+                           for i, e in enumerate(self.experts)]
         self.vocab: VocabCheck = check_vocabularies(list(self._models.values()))
         self._drafter = self._terms_raw[drafter][0]  # context of the fine-tuned model that drafts
         self._order = list(self._roles.values())
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft") if self.overlap else None
 
     # --- settings --------------------------------------------------------------------------
     @property
@@ -296,6 +313,8 @@ class Emulator:
         return s.generation
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for r in self._order:
             r.ctx.close()
         for m in self._models.values():
@@ -360,6 +379,12 @@ class Emulator:
             producer = SpeculativeDecoder(self, job.beta, sampler, stats, job.draft_tokens).tokens(prompts)
         else:
             producer = self._plain_tokens(prompts, indices, job.beta, sampler, stats)
+        # A context that shares the CPU in overlapped EFT steps gets every core when it runs
+        # alone: one model modes, and the drafter in speculative decoding.
+        alone = indices[0] if len(indices) == 1 else self._drafter if job.speculative else None
+        cores = contextlib.ExitStack()
+        if self.overlap and alone is not None:
+            cores.enter_context(self._order[alone].ctx.all_threads())
 
         out_text = TextStream(stops)
         tokens: list[int] = []
@@ -385,6 +410,7 @@ class Emulator:
             raise
         finally:
             producer.close()
+            cores.close()
             rest = out_text.finish() if finish != "interrupted" else ""
             stats.generated_tokens = len(tokens)
             stats.seconds = time.perf_counter() - t0
@@ -418,7 +444,29 @@ class Emulator:
             stats.numpy_seconds += clock() - t
             yield tok
             # Launch every decode first (GPU builds return early), read logits afterwards.
-            for r in roles:
-                t = clock()
-                r.ctx.decode([tok])
-                secs[r.label] += clock() - t
+            pending = None
+            if self._pool is not None and len(roles) > 1:  # CPU: base alongside the others
+                pending = self._pool.submit(_timed, roles[0].ctx.decode, [tok])
+            try:
+                for r in roles[1:] if pending else roles:
+                    secs[r.label] += _timed(r.ctx.decode, [tok])
+            finally:
+                if pending is not None:
+                    secs[roles[0].label] += pending.result()
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def _step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
+    """Threads for single-token steps when context 0 (the base) decodes concurrently with the
+    rest, which run one after another: cores split in proportion to model size (decode time on
+    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
+    if not enabled or cores < 2 or len(sizes) < 2:
+        return None
+    share = round(cores * sizes[0] / sum(sizes))
+    base = min(max(share, 1), cores - 1)
+    return [base] + [cores - base] * (len(sizes) - 1)

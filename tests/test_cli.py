@@ -120,7 +120,7 @@ def test_version_and_help_with_examples():
     for command in ([], ["generate"], ["chat"], ["compare"], ["pull"], ["models"], ["check"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Examples:" in result.stdout, command
-    assert "bench" not in invoke("--help").stdout
+    assert "bench" in invoke("--help").stdout
 
 
 def test_subprocess_entry_points():

@@ -169,3 +169,27 @@ def test_single_model_modes(em):
     ft = em.generate("hello", mode="ft", max_tokens=6)
     assert set(base.stats.model_seconds) == {"base"} and set(ft.stats.model_seconds) == {"ft"}
     assert len(base.tokens) == len(ft.tokens) == 6
+
+
+def test_overlapped_cpu_steps_give_the_same_tokens(tiny):
+    trio = dict(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
+                n_ctx=256, n_threads=2)
+    together, apart = Emulator(**trio), Emulator(**trio, overlap=False)
+    assert together.overlap and not apart.overlap
+    # the larger base model gets the larger share of the cores for single-token steps
+    assert [r.ctx.n_threads_step for r in together._order] == [1, 1, 1]
+    for kw in (dict(), dict(temperature=0.9, seed=4), dict(mode="base"), dict(draft_tokens=3)):
+        a = together.generate("the cat", max_tokens=20, **kw)
+        b = apart.generate("the cat", max_tokens=20, **kw)
+        assert a.tokens == b.tokens, kw
+    assert [r.ctx.n_threads_step for r in together._order] == [1, 1, 1]  # restored after mode=base
+
+
+def test_step_thread_split_follows_model_size():
+    from localeft.engine import _step_threads
+
+    assert _step_threads([4700, 680, 530], 8, enabled=True) == [6, 2, 2]
+    assert _step_threads([1100, 490, 490], 2, enabled=True) == [1, 1, 1]
+    assert _step_threads([100, 5000, 5000], 4, enabled=True) == [1, 3, 3]
+    assert _step_threads([1, 1], 1, enabled=True) is None
+    assert _step_threads([1, 1], 8, enabled=False) is None
