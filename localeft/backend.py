@@ -209,8 +209,12 @@ class Context:
         # Logits rows one decode may return (speculative verification needs k+1). llama.cpp
         # otherwise reserves compute memory for n_batch rows: 512 x 152k floats = 311 MB.
         params.n_outputs_max = self.max_outputs = MAX_OUTPUTS
-        params.n_threads_batch = self.n_threads_batch = threads
-        params.n_threads = self.n_threads_step = n_threads_step or threads
+        # Both counts start at the step value: a context configured for more batch threads
+        # than step threads slowed concurrent steps by ~15% here (idle workers competing for
+        # the cores). Batches switch to n_threads_batch for their duration (`decode`).
+        self.n_threads_batch = threads
+        self.n_threads_step = n_threads_step or threads
+        params.n_threads = params.n_threads_batch = self.n_threads_step
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
@@ -229,6 +233,7 @@ class Context:
         self._n_out = 0  # logits rows available for the last len(tokens) positions
         self.n_evaluated = 0  # tokens decoded over this context's life (for KV-reuse stats)
         self._dirty = False
+        self._all = False
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -240,14 +245,18 @@ class Context:
 
     @contextlib.contextmanager
     def all_threads(self):
-        """Single-token steps use the batch thread count meanwhile (a context that usually
-        shares the CPU with others, running alone)."""
-        step = self.n_threads_step
+        """Use n_threads_batch for everything meanwhile (a context that usually shares the CPU
+        with others, running alone)."""
+        if self.n_threads_step == self.n_threads_batch or self._all:
+            yield self
+            return
+        self._all = True
         llama_cpp.llama_set_n_threads(self._ctx, self.n_threads_batch, self.n_threads_batch)
         try:
             yield self
         finally:
-            llama_cpp.llama_set_n_threads(self._ctx, step, self.n_threads_batch)
+            self._all = False
+            llama_cpp.llama_set_n_threads(self._ctx, self.n_threads_step, self.n_threads_step)
 
     def eval(self, tokens: list[int], n_logits: int = 1) -> np.ndarray:
         """Decode `tokens` after what the cache holds; logits of the last n_logits positions.
@@ -272,8 +281,9 @@ class Context:
         # The final chunk holds every position that needs logits.
         split = n - n_logits
         bounds = sorted({*range(0, split, self.n_batch), split, n})
-        for a, b in zip(bounds, bounds[1:]):
-            self._decode(tokens[a:b], want_logits=(b == n), n_logits=n_logits)
+        with self.all_threads() if n > 1 else contextlib.nullcontext():
+            for a, b in zip(bounds, bounds[1:]):
+                self._decode(tokens[a:b], want_logits=(b == n), n_logits=n_logits)
         self.n_evaluated += n
 
     def _decode(self, chunk: list[int], *, want_logits: bool, n_logits: int) -> None:
