@@ -138,6 +138,8 @@ class Sampler:
             # nucleus (a prefix of the sorted order) lies inside that set.
             buf = self._weights(logits, top, inv_t)
             total = float(buf.sum(dtype=np.float64))
+            if 1.0 >= p.top_p * total:  # the top token alone is the nucleus (common)
+                return Dist(np.array([int(np.argmax(logits))]), np.ones(1))
             for c in (1e-2, 1e-4, 1e-7, math.exp(-DROP)):
                 c = max(c, p.min_p)
                 if c == p.min_p or np.sum(buf, where=buf >= c, dtype=np.float64) >= p.top_p * total:

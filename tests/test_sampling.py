@@ -94,3 +94,14 @@ def test_same_seed_same_draws():
 def test_invalid_settings_are_rejected(kw):
     with pytest.raises(InvalidParameterError):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("spike", [2.0, 6.0, 12.0])
+def test_top_p_on_peaked_distributions(spike):
+    """Peaked rows (as real models give) take the single-token shortcut when it is exact."""
+    rng = np.random.default_rng(int(spike))
+    logits = rng.standard_normal(5000).astype(np.float32)
+    logits[123] += spike
+    for top_p in (0.5, 0.9, 0.99):
+        d = Sampler(SamplingParams(temperature=0.8, top_p=top_p), 5000).dist(logits)
+        assert set(d.ids.tolist()) == set(reference_kept(logits, 0.8, 0, top_p, 0.0))
