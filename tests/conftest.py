@@ -27,3 +27,14 @@ os.environ.setdefault("LOCALEFT_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return write_tiny_set(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def em(tiny):
+    """One up-scaling Emulator over the tiny trio, shared by the tests (KV caches and all)."""
+    from localeft import Emulator
+
+    e = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
+                 n_ctx=256)
+    yield e
+    e.close()

@@ -17,7 +17,8 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
-from huggingface_hub import constants as hf_constants
+
+from hubcache import isolate, put_in_cache
 
 from localeft import Emulator
 from localeft import cli as cli_module
@@ -26,25 +27,12 @@ from localeft.textstream import TextStream
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["-c", "256", "-t", "1"]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def no_network(*args, **kwargs):
-    raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch) -> Path:
     """Offline, empty HF cache and XDG config; returns the HF cache dir."""
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    return hub
+    return isolate(tmp_path, monkeypatch)
 
 
 def trio(tiny, **override) -> list[str]:
@@ -77,15 +65,9 @@ def assert_one_line_error(result, code: int = 1, *needles: str) -> None:
         assert needle in result.stderr, result.stderr
 
 
-def put_in_cache(cache: Path, repo: str, file: str, source: Path) -> Path:
-    """Copy `source` into `cache` in the layout hf_hub_download writes."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = folder / "snapshots" / COMMIT / file
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, snapshot)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    return snapshot
+def cache_copy(cache: Path, repo: str, file: str, source: Path) -> Path:
+    """Put a copy of the model file `source` into the HF cache as `repo`/`file`."""
+    return put_in_cache(cache, repo, file, Path(source).read_bytes())
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -340,7 +322,7 @@ def test_models_and_pull_with_local_preset(tiny, tmp_path):
 def test_hub_preset_from_a_prepared_cache(tiny, tmp_path, isolated):
     config = write_config(tmp_path, hub_preset())
     for role, (repo, file) in HUB.items():
-        put_in_cache(isolated, repo, file, getattr(tiny, role))
+        cache_copy(isolated, repo, file, getattr(tiny, role))
     models = invoke("models", "--config", config)
     hub_lines = [line for line in models.stdout.splitlines() if "  org/" in line]
     assert len(hub_lines) == 3 and all(" cached " in line for line in hub_lines), models.stdout
@@ -353,7 +335,7 @@ def test_hub_preset_from_a_prepared_cache(tiny, tmp_path, isolated):
 
 def test_hub_preset_not_cached(tiny, tmp_path, isolated, monkeypatch):
     config = write_config(tmp_path, hub_preset())
-    put_in_cache(isolated, *HUB["small_ft"], tiny.small_ft)
+    cache_copy(isolated, *HUB["small_ft"], tiny.small_ft)
     models = invoke("models", "--config", config)
     assert models.stdout.count("not downloaded") >= 2
     offline = invoke("pull", "--config", config, "--offline")
@@ -376,11 +358,11 @@ def test_download_with_yes_or_confirmation(tiny, tmp_path, isolated, monkeypatch
 
     def fake_download(repo_id, filename, *, cache_dir=None, **kwargs):
         fetched.append(filename)
-        return str(put_in_cache(isolated, repo_id, filename, sources[filename]))
+        return str(cache_copy(isolated, repo_id, filename, sources[filename]))
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    put_in_cache(isolated, *HUB["small_ft"], tiny.small_ft)
+    cache_copy(isolated, *HUB["small_ft"], tiny.small_ft)
     assert invoke("generate", "--config", config, *FAST, "--offline", "hi").exit_code == 1
     monkeypatch.setattr(cli_module, "stdin_is_tty", lambda: True)
     declined = invoke("generate", "--config", config, *FAST, "hi", input="n\n")
@@ -397,7 +379,7 @@ def test_download_with_yes_or_confirmation(tiny, tmp_path, isolated, monkeypatch
 def test_pull_downloads(tiny, tmp_path, isolated, monkeypatch):
     config = write_config(tmp_path, hub_preset())
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(
-        put_in_cache(isolated, repo_id, filename, tiny.small_ft)))
+        cache_copy(isolated, repo_id, filename, tiny.small_ft)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     result = invoke("pull", "--config", config)
     assert result.exit_code == 0 and "ready" in result.stdout, result.output

@@ -16,21 +16,13 @@ def tokens_for(em: Emulator, text: str) -> list[int]:
     return em.models["base"].tokenize(text)
 
 
-@pytest.fixture(scope="module")
-def up(tiny):
-    em = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                  n_ctx=256)
-    yield em
-    em.close()
-
-
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_upscaling_matches_float64_reference(tiny, up, beta, prompt):
-    toks = tokens_for(up, prompt)
+def test_upscaling_matches_float64_reference(tiny, em, beta, prompt):
+    toks = tokens_for(em, prompt)
     ref = eft_reference(model_logits(tiny.large_base, toks),
                         [(model_logits(tiny.small_ft, toks), model_logits(tiny.small_base, toks), beta)])
-    got = np.exp(up.logprobs(prompt, beta=beta))
+    got = np.exp(em.logprobs(prompt, beta=beta))
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= TOL
     assert abs(got.sum() - 1) < 1e-9
@@ -60,12 +52,12 @@ def test_two_experts_interpolate(tiny):
     assert np.abs(np.exp(em.logprobs("the cat")) - ref).max() <= TOL
 
 
-def test_beta_zero_is_the_base_model_exactly(tiny, up):
-    toks = tokens_for(up, "hello world")
+def test_beta_zero_is_the_base_model_exactly(tiny, em):
+    toks = tokens_for(em, "hello world")
     base = np.exp(log_softmax(model_logits(tiny.large_base, toks)))
-    assert np.abs(np.exp(up.logprobs("hello world", beta=0)) - base).max() <= 1e-6
-    g0 = up.generate("hello world", beta=0, max_tokens=12, speculative=False)
-    gb = up.generate("hello world", mode="base", max_tokens=12)
+    assert np.abs(np.exp(em.logprobs("hello world", beta=0)) - base).max() <= 1e-6
+    g0 = em.generate("hello world", beta=0, max_tokens=12, speculative=False)
+    gb = em.generate("hello world", mode="base", max_tokens=12)
     assert g0.tokens == gb.tokens
 
 
@@ -121,6 +113,6 @@ def test_raw_logits_combination_equals_log_softmax_combination():
 
 
 @pytest.mark.parametrize("beta", [-1, float("nan"), "x"])
-def test_bad_beta_is_rejected(up, beta):
+def test_bad_beta_is_rejected(em, beta):
     with pytest.raises(InvalidParameterError, match="beta"):
-        up.logprobs("hello", beta=beta) if beta != -1 else up.generate("hello", beta=beta)
+        em.logprobs("hello", beta=beta) if beta != -1 else em.generate("hello", beta=beta)

@@ -9,14 +9,6 @@ from localeft.prompts import render_template, render_transcript
 from localeft.textstream import TextStream
 
 
-@pytest.fixture(scope="module")
-def em(tiny):
-    e = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                 n_ctx=256)
-    yield e
-    e.close()
-
-
 def test_max_tokens_and_stream_pieces_add_up(em):
     s = em.stream("hello world", max_tokens=17, speculative=False)
     pieces = list(s)

@@ -16,50 +16,19 @@ import pytest
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
+from hubcache import COMMIT, isolate, no_network, put_in_cache  # noqa: F401
+
 from localeft import registry
 from localeft.errors import ConfigError, DownloadError, ModelFileError
 from localeft.registry import ROLES, ModelRef
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REAL_HF_HUB_DOWNLOAD = file_download.hf_hub_download
-
-
-def put_in_cache(cache: Path, repo: str, file: str, data: bytes = b"GGUF" + bytes(60),
-                 blob: bool = False) -> Path:
-    """Write ``file`` of ``repo`` into ``cache`` the way hf_hub_download does."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = folder / "snapshots" / COMMIT / file
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    if blob:  # real layout: snapshot entry is a relative symlink into blobs/
-        (folder / "blobs").mkdir(exist_ok=True)
-        (folder / "blobs" / "deadbeef").write_bytes(data)
-        snapshot.symlink_to(Path("..", "..", "blobs", "deadbeef"))
-    else:
-        snapshot.write_bytes(data)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    return snapshot
-
-
-def no_network(*args, **kwargs):
-    raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch) -> Path:
     """Isolated offline HF cache and XDG config dir; returns the cache dir."""
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    # huggingface_hub reads these variables once, at import: patch its constants too.
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    return hub
+    return isolate(tmp_path, monkeypatch)
 
 
 def write_user_config(tmp_path: Path, text: str) -> Path:

@@ -11,14 +11,6 @@ from localeft.speculative import accept
 PROMPTS = ["hello world", "the cat", "a dog is", "Hello"]
 
 
-@pytest.fixture(scope="module")
-def em(tiny):
-    e = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                 n_ctx=256)
-    yield e
-    e.close()
-
-
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("k", [None, 1, 2, 3, 5, 8])
 def test_greedy_speculative_equals_plain(em, prompt, k):
