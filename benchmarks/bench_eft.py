@@ -33,9 +33,20 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sampling = {"temperature": 0.8, "top_p": a.top_p} if a.top_p else {}
-    r = run(a.large_base, a.small_ft, a.small_base, n_tokens=a.tokens, reps=a.reps,
-            n_ctx=a.ctx_size, n_threads=a.threads, n_gpu_layers=a.gpu_layers,
-            draft_tokens=a.draft, sampling=sampling, repack=not a.no_repack, log=lambda s: print(s, file=sys.stderr))
+    r = run(
+        a.large_base,
+        a.small_ft,
+        a.small_base,
+        n_tokens=a.tokens,
+        reps=a.reps,
+        n_ctx=a.ctx_size,
+        n_threads=a.threads,
+        n_gpu_layers=a.gpu_layers,
+        draft_tokens=a.draft,
+        sampling=sampling,
+        repack=not a.no_repack,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 

@@ -77,8 +77,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Model:
     """The weights and vocabulary of one GGUF file (mmap'd, loaded once)."""
 
-    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, mmap: bool = True,
-                 repack: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_gpu_layers: int = 0,
+        mmap: bool = True,
+        repack: bool = True,
+    ):
         """`repack`: llama.cpp may copy quantised weights into a CPU-friendlier layout (faster
         matmuls); with `mmap` the file's pages then stay mapped beside the copy."""
         _init_backend()
@@ -121,7 +127,9 @@ class Model:
     __del__ = close
 
     # --- vocabulary -------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_bos: bool | None = None, special: bool = True
+    ) -> list[int]:
         """Text to token ids; `special` parses control tokens like <|im_start|> in the text."""
         data = text.encode("utf-8")
         add = self.add_bos if add_bos is None else add_bos
@@ -184,10 +192,16 @@ class Model:
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
 
-    def new_context(self, n_ctx: int, n_threads: int | None = None, n_batch: int = 512,
-                    n_threads_step: int | None = None) -> Context:
-        ctx = Context(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                      n_threads_step=n_threads_step)
+    def new_context(
+        self,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_threads_step: int | None = None,
+    ) -> Context:
+        ctx = Context(
+            self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_threads_step=n_threads_step
+        )
         self._contexts.append(weakref.ref(ctx))
         return ctx
 
@@ -195,8 +209,15 @@ class Model:
 class Context:
     """One KV cache over a model: decode tokens, read logits views, roll back."""
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None, n_batch: int = 512,
-                 n_threads_step: int | None = None):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_threads: int | None,
+        n_batch: int = 512,
+        n_threads_step: int | None = None,
+    ):
         """n_threads: for batches (prompts, verification); n_threads_step: for single-token
         decode steps (defaults to n_threads; fewer when contexts decode concurrently)."""
         self.model = model

@@ -22,8 +22,13 @@ from .backend import default_threads
 from .engine import Emulator
 from .sampling import Sampler, SamplingParams
 
-PROMPT = [{"role": "user", "content": "Write a Python function that checks whether a number is "
-           "prime, with a docstring and a few tests."}]
+PROMPT = [
+    {
+        "role": "user",
+        "content": "Write a Python function that checks whether a number is "
+        "prime, with a docstring and a few tests.",
+    }
+]
 LONG_PROMPT = "def fibonacci(n):\n    " * 40
 
 
@@ -71,9 +76,15 @@ class _Alone:
     """One model through plain llama-cpp-python: greedy decode, the baseline."""
 
     def __init__(self, path, n_ctx, n_threads, n_gpu_layers):
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
-                                   n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers,
-                                   flash_attn=True, verbose=False)
+        self.llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=True,
+            verbose=False,
+        )
         self.n_vocab = self.llm.n_vocab()
 
     def decode_seconds(self, prompt: list[int], n: int) -> float:
@@ -105,18 +116,37 @@ def combine_sample_ms(n_vocab: int, settings: dict, steps: int = 200) -> float:
     return 1000 * statistics.median(times)
 
 
-def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
-        n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-        speculative: bool = True, draft_tokens: int | None = None,
-        sampling: dict | None = None, baselines: bool = True, repack: bool = True,
-        log=lambda s: None) -> dict:
+def run(
+    large_base,
+    small_ft,
+    small_base,
+    *,
+    n_tokens: int = 32,
+    reps: int = 3,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    speculative: bool = True,
+    draft_tokens: int | None = None,
+    sampling: dict | None = None,
+    baselines: bool = True,
+    repack: bool = True,
+    log=lambda s: None,
+) -> dict:
     """Measure everything; returns a JSON-ready dict."""
     n_threads = n_threads or default_threads()
     sampling = sampling or {}
     paths = {"large_base": large_base, "small_ft": small_ft, "small_base": small_base}
     log("loading the emulator")
-    em = Emulator(large_base=large_base, small_ft=small_ft, small_base=small_base, n_ctx=n_ctx,
-                  n_threads=n_threads, n_gpu_layers=n_gpu_layers, repack=repack)
+    em = Emulator(
+        large_base=large_base,
+        small_ft=small_ft,
+        small_base=small_base,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        repack=repack,
+    )
     kw = dict(max_tokens=n_tokens, seed=0, **sampling)
     variants = {"eft": dict(speculative=False)}
     if speculative:
@@ -147,7 +177,7 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
     last_stats = {}
     for rep in range(reps):
         order = list(variants) + list(alone)
-        order = order[rep % len(order):] + order[: rep % len(order)]  # alternate the order
+        order = order[rep % len(order) :] + order[: rep % len(order)]  # alternate the order
         for name in order:
             if name == "eft_sequential":  # the same engine with overlap off, for comparison
                 with _sequential(em):
@@ -165,12 +195,20 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
     eft = last_stats["eft"]
     per_token = max(eft.generated_tokens, 1)
     result = {
-        "machine": {"threads": n_threads, "gpu_layers": n_gpu_layers, "overlap": em.overlap,
-                    "repack": repack,
-                    "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())},
-        "models": {role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
-                   for role, p in paths.items()},
-        "n_tokens": n_tokens, "reps": reps, "sampling": sampling,
+        "machine": {
+            "threads": n_threads,
+            "gpu_layers": n_gpu_layers,
+            "overlap": em.overlap,
+            "repack": repack,
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        },
+        "models": {
+            role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
+            for role, p in paths.items()
+        },
+        "n_tokens": n_tokens,
+        "reps": reps,
+        "sampling": sampling,
         "ms_per_token": {k: 1000 * v for k, v in med.items()},
         "tokens_per_second": {k: 1 / v for k, v in med.items()},
         "eft_step_ms": {
@@ -180,8 +218,9 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
         "combine_sample_ms_at_vocab": {
             "n_vocab": em.vocab.n_shared,
             "greedy": combine_sample_ms(em.vocab.n_shared, {}),
-            "top_p_0.9_temp_0.8": combine_sample_ms(em.vocab.n_shared,
-                                                    {"temperature": 0.8, "top_p": 0.9}),
+            "top_p_0.9_temp_0.8": combine_sample_ms(
+                em.vocab.n_shared, {"temperature": 0.8, "top_p": 0.9}
+            ),
             "temp_1.0": combine_sample_ms(em.vocab.n_shared, {"temperature": 1.0}),
         },
         "prompt_tokens_per_second": prompt_tps,
@@ -204,13 +243,17 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
         if "eft_speculative" in med:
             result["ratios"]["speculative_speed_vs_eft"] = med["eft"] / med["eft_speculative"]
             result["ratios"]["speculative_speed_vs_large_alone"] = (
-                med["large_base"] / med["eft_speculative"])
+                med["large_base"] / med["eft_speculative"]
+            )
     if "eft_speculative" in last_stats:
         s = last_stats["eft_speculative"]
-        result["speculative"] = {"acceptance_rate": s.acceptance_rate,
-                                 "mean_accepted": s.mean_accepted, "last_k": s.draft_tokens,
-                                 "draft_ms_per_token": 1000 * s.draft_seconds / max(s.generated_tokens, 1),
-                                 "verify_ms_per_token": 1000 * s.verify_seconds / max(s.generated_tokens, 1)}
+        result["speculative"] = {
+            "acceptance_rate": s.acceptance_rate,
+            "mean_accepted": s.mean_accepted,
+            "last_k": s.draft_tokens,
+            "draft_ms_per_token": 1000 * s.draft_seconds / max(s.generated_tokens, 1),
+            "verify_ms_per_token": 1000 * s.verify_seconds / max(s.generated_tokens, 1),
+        }
     for a in alone.values():
         a.llm.close()
     em.close()
@@ -219,8 +262,11 @@ def run(large_base, small_ft, small_base, *, n_tokens: int = 32, reps: int = 3,
 
 def format_table(r: dict) -> str:
     """A human-readable report of `run`'s result."""
-    lines = [f"threads={r['machine']['threads']} gpu_layers={r['machine']['gpu_layers']} "
-             f"tokens={r['n_tokens']} reps={r['reps']} sampling={r['sampling'] or 'greedy'}", ""]
+    lines = [
+        f"threads={r['machine']['threads']} gpu_layers={r['machine']['gpu_layers']} "
+        f"tokens={r['n_tokens']} reps={r['reps']} sampling={r['sampling'] or 'greedy'}",
+        "",
+    ]
     lines.append(f"{'variant':<22}{'ms/token':>10}{'tok/s':>9}")
     for k, v in r["ms_per_token"].items():
         lines.append(f"{k:<22}{v:>10.1f}{r['tokens_per_second'][k]:>9.2f}")
@@ -230,16 +276,24 @@ def format_table(r: dict) -> str:
             lines.append(f"{k:<36}{v:>8.3f}")
     if "speculative" in r:
         s = r["speculative"]
-        lines.append(f"speculative: acceptance {s['acceptance_rate']:.2f}, "
-                     f"{s['mean_accepted']:.2f} accepted per verification, last k={s['last_k']}")
+        lines.append(
+            f"speculative: acceptance {s['acceptance_rate']:.2f}, "
+            f"{s['mean_accepted']:.2f} accepted per verification, last k={s['last_k']}"
+        )
     lines.append("")
-    lines.append("EFT step split (ms/token): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in r["eft_step_ms"].items()))
+    lines.append(
+        "EFT step split (ms/token): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in r["eft_step_ms"].items())
+    )
     c = r["combine_sample_ms_at_vocab"]
-    lines.append(f"combine+sample at n_vocab={c['n_vocab']}: greedy {c['greedy']:.3f} ms, "
-                 f"top-p {c['top_p_0.9_temp_0.8']:.3f} ms, temp-only {c['temp_1.0']:.3f} ms")
+    lines.append(
+        f"combine+sample at n_vocab={c['n_vocab']}: greedy {c['greedy']:.3f} ms, "
+        f"top-p {c['top_p_0.9_temp_0.8']:.3f} ms, temp-only {c['temp_1.0']:.3f} ms"
+    )
     lines.append(f"prompt processing: {r['prompt_tokens_per_second']:.1f} tok/s")
     m = r["memory"]
-    lines.append(f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB vs GGUF {m['gguf_bytes'] / 2**20:.0f}"
-                 f" MiB + KV {m['kv_bytes'] / 2**20:.0f} MiB (ratio {m['rss_ratio']:.2f})")
+    lines.append(
+        f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB vs GGUF {m['gguf_bytes'] / 2**20:.0f}"
+        f" MiB + KV {m['kv_bytes'] / 2**20:.0f} MiB (ratio {m['rss_ratio']:.2f})"
+    )
     return "\n".join(lines)

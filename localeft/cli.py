@@ -31,9 +31,15 @@ ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
 BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
 TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
 TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
-SETTABLE = {"beta": ("beta", BETA), "temp": ("temperature", TEMP), "top_k": ("top_k", TOP_K),
-            "top_p": ("top_p", TOP_P), "min_p": ("min_p", MIN_P), "seed": ("seed", SEED),
-            "max_tokens": ("max_tokens", MAX_TOKENS)}
+SETTABLE = {
+    "beta": ("beta", BETA),
+    "temp": ("temperature", TEMP),
+    "top_k": ("top_k", TOP_K),
+    "top_p": ("top_p", TOP_P),
+    "min_p": ("min_p", MIN_P),
+    "seed": ("seed", SEED),
+    "max_tokens": ("max_tokens", MAX_TOKENS),
+}
 
 
 class Failure(click.ClickException):
@@ -82,6 +88,7 @@ def _stack(*decorators):
         for d in reversed(decorators):
             f = d(f)
         return f
+
     return apply
 
 
@@ -91,20 +98,46 @@ MODEL_OPTIONS = _stack(
     opt("--large-base", metavar="PATH", help="Large pre-trained GGUF (overrides the preset)."),
     opt("--small-ft", metavar="PATH", help="Small fine-tuned GGUF (overrides the preset)."),
     opt("--small-base", metavar="PATH", help="Small pre-trained GGUF (overrides the preset)."),
-    opt("--expert", "experts", multiple=True, type=ExpertType(),
-        help="Instead of the small pair: add WEIGHT*(FT - REF) to --large-base (repeatable)."),
-    opt("-c", "--ctx-size", type=click.IntRange(min=8),
-        help="Context size in tokens (default: the preset's, else 4096)."),
-    opt("-ngl", "--gpu-layers", type=int, default=0, show_default=True,
-        help="Layers to offload to the GPU (-1: all)."),
+    opt(
+        "--expert",
+        "experts",
+        multiple=True,
+        type=ExpertType(),
+        help="Instead of the small pair: add WEIGHT*(FT - REF) to --large-base (repeatable).",
+    ),
+    opt(
+        "-c",
+        "--ctx-size",
+        type=click.IntRange(min=8),
+        help="Context size in tokens (default: the preset's, else 4096).",
+    ),
+    opt(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Layers to offload to the GPU (-1: all).",
+    ),
     opt("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: all)."),
-    opt("--no-repack", is_flag=True,
+    opt(
+        "--no-repack",
+        is_flag=True,
         help="Don't copy quantised weights into llama.cpp's faster CPU layout: less memory "
-             "(no second copy of the weights), ~10% slower on a CPU."),
-    opt("--base-prompt", type=click.Choice(["template", "transcript"]), default="template",
-        show_default=True, help="What pre-trained models see of a chat."),
-    opt("--config", type=click.Path(dir_okay=False),
-        help="User models.toml (default: ~/.config/localeft/models.toml)."),
+        "(no second copy of the weights), ~10% slower on a CPU.",
+    ),
+    opt(
+        "--base-prompt",
+        type=click.Choice(["template", "transcript"]),
+        default="template",
+        show_default=True,
+        help="What pre-trained models see of a chat.",
+    ),
+    opt(
+        "--config",
+        type=click.Path(dir_okay=False),
+        help="User models.toml (default: ~/.config/localeft/models.toml).",
+    ),
     opt("--offline", is_flag=True, help="Never download; use cached files only."),
     opt("-y", "--yes", is_flag=True, help="Download missing preset files without asking."),
 )
@@ -118,17 +151,29 @@ SAMPLING_OPTIONS = _stack(
     opt("--seed", type=SEED, help="Random seed (default: a fresh one)."),
     opt("--stop", multiple=True, metavar="TEXT", help="Stop at this text (repeatable)."),
     opt("--system", metavar="TEXT", help="System message for chat prompts."),
-    opt("--draft", type=click.IntRange(min=1), metavar="N",
-        help="Speculative decoding with a fixed draft length N."),
-    opt("--speculative/--no-speculative", default=None,
+    opt(
+        "--draft",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Speculative decoding with a fixed draft length N.",
+    ),
+    opt(
+        "--speculative/--no-speculative",
+        default=None,
         help="Draft with the small fine-tuned model, verify in blocks (default: on with GPU "
-             "offload, where it is faster; off on a CPU)."),
+        "offload, where it is faster; off on a CPU).",
+    ),
     opt("-v", "--verbose", is_flag=True, help="Timings and KV-cache reuse on stderr."),
 )
 CHAT_OR_RAW = opt("--chat/--raw", default=True, help="Chat template (default) or raw completion.")
 JSON = opt("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-MODE = opt("--mode", type=click.Choice(list(MODES)), default="eft", show_default=True,
-           help="EFT, or the large base / small fine-tuned model alone.")
+MODE = opt(
+    "--mode",
+    type=click.Choice(list(MODES)),
+    default="eft",
+    show_default=True,
+    help="EFT, or the large base / small fine-tuned model alone.",
+)
 PROMPT = click.argument("prompt", required=False)
 
 
@@ -141,16 +186,21 @@ def _ask_download(preset: registry.Preset, refs: list) -> bool:
     if not stdin_is_tty() or registry._env_offline():
         return False
     size = sum(r.size_gb or 0 for r in refs)
-    return click.confirm(f"Preset {preset.name} needs {len(refs)} file(s) that are not in the "
-                         f"Hugging Face cache ({', '.join(r.label for r in refs)}; about "
-                         f"{size:.1f} GB). Download now?", default=True, err=True)
+    return click.confirm(
+        f"Preset {preset.name} needs {len(refs)} file(s) that are not in the "
+        f"Hugging Face cache ({', '.join(r.label for r in refs)}; about "
+        f"{size:.1f} GB). Download now?",
+        default=True,
+        err=True,
+    )
 
 
 def _resolve_models(o: dict) -> tuple[dict, dict]:
     """Paths by role (explicit paths > preset roles) and the preset's settings ({} if none)."""
     if o["experts"] and (o["small_ft"] or o["small_base"]):
-        raise click.UsageError("--expert replaces --small-ft/--small-base: give every pair as "
-                               "--expert FT:REF:WEIGHT")
+        raise click.UsageError(
+            "--expert replaces --small-ft/--small-base: give every pair as --expert FT:REF:WEIGHT"
+        )
     needed = ["large_base"] if o["experts"] else list(registry.ROLES)
     paths = {role: o[role] for role in needed if o[role]}
     missing = [role for role in needed if role not in paths]
@@ -168,10 +218,14 @@ def _resolve_models(o: dict) -> tuple[dict, dict]:
 def open_emulator(o: dict) -> tuple[Emulator, dict]:
     """The Emulator the options describe, and the preset's settings."""
     paths, settings = _resolve_models(o)
-    common = dict(n_ctx=o["ctx_size"] or settings.get("n_ctx", 4096), n_threads=o["threads"],
-                  n_gpu_layers=o["gpu_layers"], base_prompt=o["base_prompt"],
-                  repack=not o["no_repack"],
-                  beta=o["beta"] if o.get("beta") is not None else settings.get("beta", 1.0))
+    common = dict(
+        n_ctx=o["ctx_size"] or settings.get("n_ctx", 4096),
+        n_threads=o["threads"],
+        n_gpu_layers=o["gpu_layers"],
+        base_prompt=o["base_prompt"],
+        repack=not o["no_repack"],
+        beta=o["beta"] if o.get("beta") is not None else settings.get("beta", 1.0),
+    )
     if o["experts"]:
         return Emulator(base=paths["large_base"], experts=list(o["experts"]), **common), settings
     return Emulator(**paths, **common), settings
@@ -182,10 +236,17 @@ def sampling(o: dict, settings: dict) -> dict:
     if o["draft"] and o["speculative"] is False:
         raise click.UsageError("--draft and --no-speculative contradict each other")
     temp = o["temp"] if o["temp"] is not None else settings.get("temperature", 0.0)
-    return dict(max_tokens=o["max_tokens"], temperature=float(temp), top_k=o["top_k"],
-                top_p=o["top_p"], min_p=o["min_p"], seed=o["seed"], stop=list(o["stop"]) or None,
-                speculative=True if o["draft"] else o["speculative"],
-                draft_tokens=o["draft"])
+    return dict(
+        max_tokens=o["max_tokens"],
+        temperature=float(temp),
+        top_k=o["top_k"],
+        top_p=o["top_p"],
+        min_p=o["min_p"],
+        seed=o["seed"],
+        stop=list(o["stop"]) or None,
+        speculative=True if o["draft"] else o["speculative"],
+        draft_tokens=o["draft"],
+    )
 
 
 # --- prompts and output --------------------------------------------------------------------
@@ -225,12 +286,16 @@ def run(em: Emulator, request, *, echo: bool, partial: bool = False, **kw) -> Ge
 
 
 def stats_line(s: Stats, full: bool = False) -> str:
-    line = (f"prompt: {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated "
-            f"({s.prompt_seconds:.2f} s) | generated: {s.generated_tokens} tokens, "
-            f"{s.tokens_per_second:.1f} tok/s ({s.ms_per_token:.1f} ms/token)")
+    line = (
+        f"prompt: {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated "
+        f"({s.prompt_seconds:.2f} s) | generated: {s.generated_tokens} tokens, "
+        f"{s.tokens_per_second:.1f} tok/s ({s.ms_per_token:.1f} ms/token)"
+    )
     if s.speculative:
-        line += (f" | speculative: {s.accepted}/{s.drafted} drafted accepted "
-                 f"({s.acceptance_rate:.0%}), k={s.draft_tokens}")
+        line += (
+            f" | speculative: {s.accepted}/{s.drafted} drafted accepted "
+            f"({s.acceptance_rate:.0%}), k={s.draft_tokens}"
+        )
     if full:
         per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
         line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"
@@ -245,10 +310,15 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
 
 
 def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
-    return {"text": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason, "mode": mode,
-            "settings": {**kw, "beta": em.beta, "n_ctx": em.n_ctx, "base_prompt": em.base_prompt},
-            "models": {label: str(m.path) for label, m in em.models.items()},
-            "stats": g.stats.as_dict()}
+    return {
+        "text": g.text,
+        "tokens": g.tokens,
+        "finish_reason": g.finish_reason,
+        "mode": mode,
+        "settings": {**kw, "beta": em.beta, "n_ctx": em.n_ctx, "base_prompt": em.base_prompt},
+        "models": {label: str(m.path) for label, m in em.models.items()},
+        "stats": g.stats.as_dict(),
+    }
 
 
 def show_side_by_side(gens: dict[str, Generation]) -> None:
@@ -259,18 +329,26 @@ def show_side_by_side(gens: dict[str, Generation]) -> None:
             click.echo((g.text.strip() or "(empty)") + "\n")
         return
     w = (width - 6) // 3
-    cols = [[f"{TITLES[name]} ({g.finish_reason})", "─" * w]
-            + [line for para in (g.text.strip() or "(empty)").splitlines()
-               for line in textwrap.wrap(para, w) or [""]] for name, g in gens.items()]
+    cols = [
+        [f"{TITLES[name]} ({g.finish_reason})", "─" * w]
+        + [
+            line
+            for para in (g.text.strip() or "(empty)").splitlines()
+            for line in textwrap.wrap(para, w) or [""]
+        ]
+        for name, g in gens.items()
+    ]
     for row in zip_longest(*cols, fillvalue=""):
         click.echo(" │ ".join(cell.ljust(w) for cell in row).rstrip())
 
 
 # --- commands ------------------------------------------------------------------------------
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
-                                           "max_content_width": 100})
-@click.version_option(__version__, "-V", "--version", prog_name="localeft",
-                      message="%(prog)s %(version)s")
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(
+    __version__, "-V", "--version", prog_name="localeft", message="%(prog)s %(version)s"
+)
 def cli():
     """Emulated fine-tuning (EFT) on your machine: a large pre-trained model steered by a small
     fine-tuned one, combined token by token through llama.cpp.
@@ -344,8 +422,9 @@ def compare(prompt, chat, as_json, **o):
             notes(gens[name], o["verbose"], prefix=f"[{name}] ")
         if as_json:
             out = {n: result(g, em, dict(kw, mode=MODES[n]), n) for n, g in gens.items()}
-            click.echo(json.dumps({"prompt": request, "results": out}, ensure_ascii=False,
-                                  indent=2))
+            click.echo(
+                json.dumps({"prompt": request, "results": out}, ensure_ascii=False, indent=2)
+            )
         else:
             show_side_by_side(gens)
 
@@ -410,8 +489,9 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         error = "\n(interrupted before the reply began)"
         try:
-            g = run(self.em, self.request(), echo=True, partial=True, mode=MODES[self.mode],
-                    **self.kw)
+            g = run(
+                self.em, self.request(), echo=True, partial=True, mode=MODES[self.mode], **self.kw
+            )
         except LocaleftError as e:  # e.g. the conversation no longer fits the context
             g, error = None, f"localeft: error: {e}"
         if g is None:
@@ -446,8 +526,9 @@ class ChatSession:
             self.save(arg)
         else:
             usage = {"mode": "/mode eft|large|small", "save": "/save FILE"}.get(name)
-            click.echo(f"usage: {usage}" if usage else f"unknown command /{name}; try /help",
-                       err=True)
+            click.echo(
+                f"usage: {usage}" if usage else f"unknown command /{name}; try /help", err=True
+            )
         return True
 
     def set(self, key: str, value: str) -> None:
@@ -456,12 +537,16 @@ class ChatSession:
             self.system = value or None
             return click.echo("(system message " + ("set)" if value else "removed)"))
         if key not in SETTABLE:
-            return click.echo(f"cannot set {key!r}; settable: system, {', '.join(SETTABLE)}",
-                              err=True)
+            return click.echo(
+                f"cannot set {key!r}; settable: system, {', '.join(SETTABLE)}", err=True
+            )
         name, kind = SETTABLE[key]
         try:
-            v = None if key == "seed" and value in ("none", "random") else kind.convert(
-                value, None, None)
+            v = (
+                None
+                if key == "seed" and value in ("none", "random")
+                else kind.convert(value, None, None)
+            )
             if isinstance(v, float) and not math.isfinite(v):
                 raise click.BadParameter(f"{value} is not a finite number")
             if name == "beta":
@@ -473,11 +558,17 @@ class ChatSession:
         click.echo(f"({key} = {v})")
 
     def save(self, path: str) -> None:
-        data = {"messages": self.request(),
-                "settings": {**self.kw, "beta": self.em.beta, "mode": self.mode,
-                             "n_ctx": self.em.n_ctx},
-                "models": {label: str(m.path) for label, m in self.em.models.items()},
-                "replies": [s.as_dict() for s in self.replies]}
+        data = {
+            "messages": self.request(),
+            "settings": {
+                **self.kw,
+                "beta": self.em.beta,
+                "mode": self.mode,
+                "n_ctx": self.em.n_ctx,
+            },
+            "models": {label: str(m.path) for label, m in self.em.models.items()},
+            "replies": [s.as_dict() for s in self.replies],
+        }
         try:
             with open(os.path.expanduser(path), "w", encoding="utf-8") as f:
                 json.dump(data, f, ensure_ascii=False, indent=2)
@@ -486,7 +577,8 @@ class ChatSession:
         click.echo(f"(saved {len(self.messages)} messages to {path})")
 
 
-@cli.command(help="""Chat interactively; replies stream as they are generated. The KV cache is
+@cli.command(
+    help="""Chat interactively; replies stream as they are generated. The KV cache is
 reused between turns, so each turn evaluates only its new tokens (-v or /stats shows it).
 
 \b
@@ -496,7 +588,9 @@ Examples:
   localeft chat --large-base big.gguf --small-ft ft.gguf --small-base base.gguf -v
 
 \b
-""" + CHAT_HELP)
+"""
+    + CHAT_HELP
+)
 @MODEL_OPTIONS
 @SAMPLING_OPTIONS
 @MODE
@@ -529,8 +623,10 @@ def pull(preset, config, offline):
             click.echo(f"{row['role']:<11} {row['path'] or 'MISSING ' + row['label']}")
         missing = sum(not row["cached"] for row in rows)
         if missing:
-            raise Failure(f"{missing} file(s) of preset {p.name} are not cached; "
-                          f"run `localeft pull {p.name}` with network access")
+            raise Failure(
+                f"{missing} file(s) of preset {p.name} are not cached; "
+                f"run `localeft pull {p.name}` with network access"
+            )
         return
     for role, path in registry.pull(p).items():
         click.echo(f"{role:<11} {path}")
@@ -549,15 +645,20 @@ def models(config):
     """
     presets, default = registry.load_presets(config)
     for name, p in presets.items():
-        click.echo(f"{'*' if name == default else ' '} {name}"
-                   + (f" - {p.description}" if p.description else ""))
+        click.echo(
+            f"{'*' if name == default else ' '} {name}"
+            + (f" - {p.description}" if p.description else "")
+        )
         for row in registry.describe(p):
             gb = row["size_gb"]
             size = "" if gb is None else (f"{gb:.2f} GB" if gb >= 0.1 else f"{gb * 1e3:.1f} MB")
             if size and row["size_estimated"]:
                 size += " (est.)"
-            state = ("local" if row["local"] else "cached") if row["cached"] else (
-                "file missing" if row["local"] else "not downloaded")
+            state = (
+                ("local" if row["local"] else "cached")
+                if row["cached"]
+                else ("file missing" if row["local"] else "not downloaded")
+            )
             click.echo(f"    {row['role']:<11} {state:<15}{size:>15}  {row['label']}")
 
 
@@ -575,24 +676,51 @@ def check(**o):
     em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
     with em:
         for label, m in em.models.items():
-            click.echo(f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
-                       f"n_ctx_train {m.n_ctx_train:<7} {m.path}")
+            click.echo(
+                f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
+                f"n_ctx_train {m.n_ctx_train:<7} {m.path}"
+            )
         v = em.vocab
         click.echo(f"vocabulary: compatible, {v.n_shared} shared token ids")
-        click.echo("padding: " + (f"yes, sizes {sorted(set(v.sizes.values()))}; only ids below "
-                                  f"{v.n_shared} are combined" if v.padded else "none"))
+        click.echo(
+            "padding: "
+            + (
+                f"yes, sizes {sorted(set(v.sizes.values()))}; only ids below "
+                f"{v.n_shared} are combined"
+                if v.padded
+                else "none"
+            )
+        )
         ft = next(m for label, m in em.models.items() if label.startswith("ft"))
-        click.echo(f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})" + (
-            "" if ft.chat_template else "; chat prompts fall back to a plain transcript"))
+        click.echo(
+            f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})"
+            + ("" if ft.chat_template else "; chat prompts fall back to a plain transcript")
+        )
 
 
 @cli.command()
 @MODEL_OPTIONS
-@opt("-n", "--tokens", type=click.IntRange(min=1), default=32, show_default=True,
-     help="Tokens generated per measurement.")
-@opt("--reps", type=click.IntRange(min=1), default=3, show_default=True,
-     help="Repetitions (variants alternate; medians are reported).")
-@opt("--draft", type=click.IntRange(min=1), metavar="N", help="Fixed draft length (default: adaptive).")
+@opt(
+    "-n",
+    "--tokens",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Tokens generated per measurement.",
+)
+@opt(
+    "--reps",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Repetitions (variants alternate; medians are reported).",
+)
+@opt(
+    "--draft",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Fixed draft length (default: adaptive).",
+)
 @opt("--top-p", type=TOP_P, help="Sample at temperature 0.8 with this top-p (default: greedy).")
 @opt("--no-baselines", is_flag=True, help="Skip the models-alone runs.")
 @JSON
@@ -612,12 +740,20 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
         raise click.UsageError("bench measures a trio: give --large-base/--small-ft/--small-base")
     paths, settings = _resolve_models(o)
     r = benchmark.run(
-        paths["large_base"], paths["small_ft"], paths["small_base"], n_tokens=tokens, reps=reps,
-        n_ctx=o["ctx_size"] or min(settings.get("n_ctx", 2048), 2048), n_threads=o["threads"],
-        n_gpu_layers=o["gpu_layers"], draft_tokens=draft, baselines=not no_baselines,
+        paths["large_base"],
+        paths["small_ft"],
+        paths["small_base"],
+        n_tokens=tokens,
+        reps=reps,
+        n_ctx=o["ctx_size"] or min(settings.get("n_ctx", 2048), 2048),
+        n_threads=o["threads"],
+        n_gpu_layers=o["gpu_layers"],
+        draft_tokens=draft,
+        baselines=not no_baselines,
         repack=not o["no_repack"],
         sampling={"temperature": 0.8, "top_p": top_p} if top_p else {},
-        log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+        log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
+    )
     click.echo(json.dumps(r, indent=2) if as_json else benchmark.format_table(r))
 
 

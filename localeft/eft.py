@@ -64,7 +64,7 @@ class Combiner:
 
         def view(i: int) -> np.ndarray:
             x = logits[i]
-            return (x[None, :n] if one_row else x[:, :n])
+            return x[None, :n] if one_row else x[:, :n]
 
         src = view(self.base)
         for t in self.terms:

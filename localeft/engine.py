@@ -1,8 +1,8 @@
 """`Emulator`: several GGUF models driven as one exact EFT token stream.
 
-    prompt ─▶ render per role ─▶ contexts (one per model file) ─▶ logits views ─▶ combine ─▶ sample
-                                        ▲                                                     │
-                                        └──────────── feed the token to every context ◀──────┘
+prompt ─▶ render per role ─▶ contexts (one per model file) ─▶ logits views ─▶ combine ─▶ sample
+                                    ▲                                                     │
+                                    └──────────── feed the token to every context ◀──────┘
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import Context, Model, default_threads, supports_gpu_offload
 from .eft import Combiner, Term, check_weight, log_softmax
-from .errors import ContextOverflowError, InvalidParameterError, LocaleftError
+from .errors import ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
 from .prompts import tokenize_prompt
 from .sampling import Sampler, SamplingParams
@@ -169,7 +169,9 @@ class Emulator:
         trio = (large_base, small_ft, small_base)
         if any(x is not None for x in trio):
             if base is not None or experts:
-                raise InvalidParameterError("give either large_base/small_ft/small_base or base/experts")
+                raise InvalidParameterError(
+                    "give either large_base/small_ft/small_base or base/experts"
+                )
             if any(x is None for x in trio):
                 raise InvalidParameterError("up-scaling needs large_base, small_ft and small_base")
             base, experts = large_base, [Expert(ft=small_ft, ref=small_base)]
@@ -180,20 +182,28 @@ class Emulator:
         if n_threads is not None:
             _check_positive_int("n_threads", n_threads)
         if base_prompt not in ("template", "transcript"):
-            raise InvalidParameterError(f"base_prompt must be 'template' or 'transcript', got {base_prompt!r}")
+            raise InvalidParameterError(
+                f"base_prompt must be 'template' or 'transcript', got {base_prompt!r}"
+            )
         self.base_prompt = base_prompt
         if not (isinstance(drafter, int) and 0 <= drafter < len(experts)):
             raise InvalidParameterError(f"drafter must be an expert index, got {drafter!r}")
-        self.experts = [Expert(e.ft, e.ref, check_weight("expert weight", e.weight)) for e in experts]
+        self.experts = [
+            Expert(e.ft, e.ref, check_weight("expert weight", e.weight)) for e in experts
+        ]
         self.beta = beta  # validated by the setter
 
         self._models: dict[Path, Model] = {}
         self._roles: dict[tuple[Path, str], _Role] = {}
         many = len(self.experts) > 1
         specs = [(base, "base", "base")] + [
-            spec for i, e in enumerate(self.experts)
-            for spec in ((e.ft, "ft", f"ft{i}" if many else "ft"),
-                         (e.ref, "base", f"ref{i}" if many else "ref"))]
+            spec
+            for i, e in enumerate(self.experts)
+            for spec in (
+                (e.ft, "ft", f"ft{i}" if many else "ft"),
+                (e.ref, "base", f"ref{i}" if many else "ref"),
+            )
+        ]
         keys = []
         for path, kind, label in specs:
             p = Path(path).expanduser().resolve()
@@ -202,8 +212,11 @@ class Emulator:
             keys.append((p, kind, label))
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
         cores = n_threads or default_threads()
-        step = _step_threads([self._models[p].size_bytes for p, _ in unique], cores,
-                             enabled=overlap is not False and not self.gpu_offload)
+        step = _step_threads(
+            [self._models[p].size_bytes for p, _ in unique],
+            cores,
+            enabled=overlap is not False and not self.gpu_offload,
+        )
         self.overlap = step is not None
         for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
             label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
@@ -212,8 +225,9 @@ class Emulator:
         index = {key: i for i, key in enumerate(self._roles)}
         at = [index[(p, kind)] for p, kind, _ in keys]
         self._base = at[0]
-        self._terms_raw = [(at[1 + 2 * i], at[2 + 2 * i], e.weight)
-                           for i, e in enumerate(self.experts)]
+        self._terms_raw = [
+            (at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(self.experts)
+        ]
         self.vocab: VocabCheck = check_vocabularies(list(self._models.values()))
         self._drafter = self._terms_raw[drafter][0]  # context of the fine-tuned model that drafts
         self._order = list(self._roles.values())
@@ -260,7 +274,9 @@ class Emulator:
             templated = render_template(self._ft_model, messages)
             texts = {
                 "ft": templated,
-                "base": templated if self.base_prompt == "template" else render_transcript(messages),
+                "base": templated
+                if self.base_prompt == "template"
+                else render_transcript(messages),
             }
         out = {}
         for i in indices:
@@ -276,7 +292,11 @@ class Emulator:
 
     # --- public API ------------------------------------------------------------------------
     def logprobs(
-        self, prompt: str | Sequence[Message], *, after: Sequence[int] = (), beta: float | None = None
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        after: Sequence[int] = (),
+        beta: float | None = None,
     ) -> np.ndarray:
         """EFT log-probabilities (float64) of the next token over the shared vocabulary, after the
         prompt and then the token ids `after` (to score a continuation)."""
@@ -370,13 +390,17 @@ class Emulator:
 
         indices, prompts, stops, mode = job.indices, job.prompts, job.stops, job.mode
         t0 = time.perf_counter()
-        stats = Stats(prompt_tokens=max(len(p) for p in prompts.values()), speculative=job.speculative)
+        stats = Stats(
+            prompt_tokens=max(len(p) for p in prompts.values()), speculative=job.speculative
+        )
         stats.model_seconds = {self._order[i].label: 0.0 for i in indices}
         sampler = Sampler(job.params, self.vocab.n_shared)
         eog_model = self._order[indices[0]].ctx.model if mode == "base" else self._ft_model
 
         if job.speculative:
-            producer = SpeculativeDecoder(self, job.beta, sampler, stats, job.draft_tokens).tokens(prompts)
+            producer = SpeculativeDecoder(self, job.beta, sampler, stats, job.draft_tokens).tokens(
+                prompts
+            )
         else:
             producer = self._plain_tokens(prompts, indices, job.beta, sampler, stats)
         # A context that shares the CPU in overlapped EFT steps gets every core when it runs

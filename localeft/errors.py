@@ -1,4 +1,4 @@
-"""One exception hierarchy: every error a user can cause is a LocaleftError with a one-line message."""
+"""One exception hierarchy: every error a user can cause is a LocaleftError, one line long."""
 
 
 class LocaleftError(Exception):

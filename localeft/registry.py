@@ -19,10 +19,17 @@ else:  # Python 3.10 has no tomllib; tomli is the same parser under its old name
     import tomli as tomllib
 
 import huggingface_hub
-from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                   LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                   RepositoryNotFoundError, are_progress_bars_disabled,
-                                   disable_progress_bars, enable_progress_bars)
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+)
 
 from localeft.errors import ConfigError, DownloadError, ModelFileError
 
@@ -86,8 +93,10 @@ def _merge(presets: dict[str, dict], origin: dict[str, Path], data: dict, path: 
     """Deep-merge one file's ``[presets.*]`` tables into ``presets``, per preset and per role."""
     unknown = sorted(set(data) - {"default", "presets"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
-                          "expected `default = ...` and [presets.NAME] tables")
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+            "expected `default = ...` and [presets.NAME] tables"
+        )
     tables = data.get("presets", {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{path}: presets must be [presets.NAME] tables")
@@ -109,13 +118,17 @@ def _merge(presets: dict[str, dict], origin: dict[str, Path], data: dict, path: 
 
 def _build(name: str, table: dict, path: Path) -> Preset:
     """Validate one merged preset table and turn it into a Preset."""
+
     def bad(msg: str) -> ConfigError:
         return ConfigError(f"{path}: preset '{name}': {msg}")
 
     stray = sorted(k for k, v in table.items() if isinstance(v, dict) and k not in ROLES)
     if stray:  # [presets.qwen2.5-7b] parses as preset "qwen2" with a table "5-7b"
-        hint = (f'quote names containing dots: [presets."{name}.{stray[0]}"]'
-                if stray[0][:1].isdigit() else f"roles are {', '.join(ROLES)}")
+        hint = (
+            f'quote names containing dots: [presets."{name}.{stray[0]}"]'
+            if stray[0][:1].isdigit()
+            else f"roles are {', '.join(ROLES)}"
+        )
         raise bad(f"unknown table(s) {', '.join(stray)}; {hint}")
     roles = {}
     for role in ROLES:
@@ -129,8 +142,9 @@ def _build(name: str, table: dict, path: Path) -> Preset:
             if not isinstance(local, str) or not local:
                 raise bad(f"{role}: path must be a non-empty string")
             repo = file = None
-        elif not (isinstance(repo, str) and repo.count("/") == 1 and isinstance(file, str)
-                  and file):
+        elif not (
+            isinstance(repo, str) and repo.count("/") == 1 and isinstance(file, str) and file
+        ):
             raise bad(f'{role}: needs repo = "ORG/NAME" and file = "x.gguf", or path = "..."')
         if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))):
             raise bad(f"{role}: size_gb must be a number")
@@ -173,8 +187,10 @@ def load_presets(config: PathLike | None = None) -> tuple[dict[str, Preset], str
             default, default_origin = data["default"], path
     presets = {name: _build(name, table, origin[name]) for name, table in tables.items()}
     if not isinstance(default, str) or default not in presets:
-        raise ConfigError(f"{default_origin}: default preset {default!r} is not defined"
-                          + _suggest(str(default), presets))
+        raise ConfigError(
+            f"{default_origin}: default preset {default!r} is not defined"
+            + _suggest(str(default), presets)
+        )
     return presets, default
 
 
@@ -195,9 +211,11 @@ def _env_offline() -> bool:
 
 
 def _offline_error(ref: ModelRef) -> DownloadError:
-    return DownloadError(f"{ref.role} model {ref.label} is not in the Hugging Face cache and "
-                         "HF_HUB_OFFLINE is set / --offline was given; "
-                         f"run `localeft pull {ref.preset or 'PRESET'}` with network access")
+    return DownloadError(
+        f"{ref.role} model {ref.label} is not in the Hugging Face cache and "
+        "HF_HUB_OFFLINE is set / --offline was given; "
+        f"run `localeft pull {ref.preset or 'PRESET'}` with network access"
+    )
 
 
 def _download_error(ref: ModelRef, e: BaseException) -> DownloadError:
@@ -207,25 +225,34 @@ def _download_error(ref: ModelRef, e: BaseException) -> DownloadError:
     if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
         return _offline_error(ref)
     if isinstance(e, GatedRepoError):
-        msg = (f"{ref.repo} is a gated repository: accept its licence at https://huggingface.co/"
-               f"{ref.repo} and log in with `hf auth login` (or set HF_TOKEN)")
+        msg = (
+            f"{ref.repo} is a gated repository: accept its licence at https://huggingface.co/"
+            f"{ref.repo} and log in with `hf auth login` (or set HF_TOKEN)"
+        )
     elif isinstance(e, RepositoryNotFoundError):
-        msg = (f"repository {ref.repo} ({ref.role}) was not found on the Hugging Face Hub "
-               "(if it is private, log in with `hf auth login`)")
+        msg = (
+            f"repository {ref.repo} ({ref.role}) was not found on the Hugging Face Hub "
+            "(if it is private, log in with `hf auth login`)"
+        )
     elif isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's "no connection" error
-        msg = (f"cannot download {what}: the Hugging Face Hub is unreachable; "
-               "check the network connection (and any proxy or HF_ENDPOINT setting)")
+        msg = (
+            f"cannot download {what}: the Hugging Face Hub is unreachable; "
+            "check the network connection (and any proxy or HF_ENDPOINT setting)"
+        )
     elif isinstance(e, EntryNotFoundError):
         msg = f"file {ref.file} ({ref.role}) was not found in repository {ref.repo} on the Hub"
     elif isinstance(e, HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         msg = f"cannot download {what}: {first}" + (
-            "; check your token (`hf auth login`)" if status == 401 else "")
+            "; check your token (`hf auth login`)" if status == 401 else ""
+        )
     elif isinstance(e, OSError) and e.errno is not None:  # disk full, permissions, ...
         msg = f"cannot download {what}: {e.strerror or first}"
     else:
-        msg = (f"cannot download {what}: the Hugging Face Hub is unreachable or the transfer was "
-               f"interrupted ({type(e).__name__}: {first}); run it again to resume")
+        msg = (
+            f"cannot download {what}: the Hugging Face Hub is unreachable or the transfer was "
+            f"interrupted ({type(e).__name__}: {first}); run it again to resume"
+        )
     return DownloadError(msg)
 
 
@@ -238,8 +265,14 @@ def is_cached(ref: ModelRef, cache_dir: PathLike | None = None) -> Path | None:
     return Path(hit) if isinstance(hit, str) else None  # None, or the cached "no such file" mark
 
 
-def resolve(ref: ModelRef, *, download: bool, offline: bool | None = None,
-            cache_dir: PathLike | None = None, progress: bool = True) -> Path:
+def resolve(
+    ref: ModelRef,
+    *,
+    download: bool,
+    offline: bool | None = None,
+    cache_dir: PathLike | None = None,
+    progress: bool = True,
+) -> Path:
     """Local path of ``ref``: a local file, a cached Hub file, or (if allowed) a fresh download.
 
     ``offline=None`` reads HF_HUB_OFFLINE from the environment now. A missing local file raises
@@ -256,8 +289,10 @@ def resolve(ref: ModelRef, *, download: bool, offline: bool | None = None,
     if _env_offline() if offline is None else offline:
         raise _offline_error(ref)
     if not download:
-        raise DownloadError(f"{ref.role} model {ref.label} is not in the Hugging Face cache; "
-                            f"run `localeft pull {ref.preset or 'PRESET'}` to download it")
+        raise DownloadError(
+            f"{ref.role} model {ref.label} is not in the Hugging Face cache; "
+            f"run `localeft pull {ref.preset or 'PRESET'}` to download it"
+        )
     silence = not progress and not are_progress_bars_disabled()
     if silence:
         disable_progress_bars()
@@ -270,11 +305,14 @@ def resolve(ref: ModelRef, *, download: bool, offline: bool | None = None,
             enable_progress_bars()
 
 
-def pull(preset: Preset, *, offline: bool | None = None,
-         cache_dir: PathLike | None = None) -> dict[str, Path]:
+def pull(
+    preset: Preset, *, offline: bool | None = None, cache_dir: PathLike | None = None
+) -> dict[str, Path]:
     """Download every role of ``preset`` that is not cached yet; returns role -> local path."""
-    return {role: resolve(ref, download=True, offline=offline, cache_dir=cache_dir)
-            for role, ref in preset.roles.items()}
+    return {
+        role: resolve(ref, download=True, offline=offline, cache_dir=cache_dir)
+        for role, ref in preset.roles.items()
+    }
 
 
 def describe(preset: Preset, cache_dir: PathLike | None = None) -> list[dict[str, Any]]:
@@ -285,8 +323,15 @@ def describe(preset: Preset, cache_dir: PathLike | None = None) -> list[dict[str
     rows = []
     for role, ref in preset.roles.items():
         found = is_cached(ref, cache_dir)
-        rows.append({"role": role, "label": ref.label, "local": ref.path is not None,
-                     "cached": found is not None, "path": str(found) if found else None,
-                     "size_gb": round(found.stat().st_size / 1e9, 3) if found else ref.size_gb,
-                     "size_estimated": found is None})
+        rows.append(
+            {
+                "role": role,
+                "label": ref.label,
+                "local": ref.path is not None,
+                "cached": found is not None,
+                "path": str(found) if found else None,
+                "size_gb": round(found.stat().st_size / 1e9, 3) if found else ref.size_gb,
+                "size_estimated": found is None,
+            }
+        )
     return rows

@@ -1,8 +1,9 @@
 """Sampling on a (combined) logits vector: greedy, temperature, top-k, top-p, min-p, seed.
 
 Order, as in Hugging Face's warpers: temperature, then top-k, then top-p, then min-p, each on the
-renormalised result of the one before. `Sampler.dist` turns logits into the exact distribution that
-`Sampler.sample` draws from; speculative decoding applies the same `dist` to the target and the draft.
+renormalised result of the one before. `Sampler.dist` turns logits into the exact distribution
+that `Sampler.sample` draws from; speculative decoding applies the same `dist` to the target and
+the draft.
 
 Speed: no full sort and no Python loop over the vocabulary. The kept set is found with cheap
 threshold counts; only that (small) set is sorted. Tokens more than DROP nats below the top token
@@ -38,7 +39,9 @@ class SamplingParams:
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
             raise InvalidParameterError(f"temperature must be a number >= 0, got {t!r}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise InvalidParameterError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise InvalidParameterError(
+                f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"
+            )
         if not (isinstance(p, (int, float)) and 0 < p <= 1):
             raise InvalidParameterError(f"top_p must be in (0, 1], got {p!r}")
         if not (isinstance(mp, (int, float)) and 0 <= mp < 1):
@@ -58,7 +61,7 @@ class SamplingParams:
 
 @dataclass
 class Dist:
-    """A distribution over token ids: sparse (ids, probs) or dense (ids None, probs over all ids)."""
+    """A distribution over token ids: sparse (ids, probs), or dense (ids None, probs by id)."""
 
     ids: np.ndarray | None
     probs: np.ndarray

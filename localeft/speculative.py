@@ -81,8 +81,9 @@ def accept(
 class SpeculativeDecoder:
     """Drives an Emulator's contexts with draft-then-verify steps; yields accepted tokens."""
 
-    def __init__(self, em: Emulator, beta: float, sampler: Sampler, stats: Stats,
-                 draft_tokens: int | None):
+    def __init__(
+        self, em: Emulator, beta: float, sampler: Sampler, stats: Stats, draft_tokens: int | None
+    ):
         self.em, self.sampler, self.stats = em, sampler, stats
         self.fixed = draft_tokens is not None
         self.k = draft_tokens or K_START

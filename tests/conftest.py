@@ -34,7 +34,8 @@ def em(tiny):
     """One up-scaling Emulator over the tiny trio, shared by the tests (KV caches and all)."""
     from localeft import Emulator
 
-    e = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                 n_ctx=256)
+    e = Emulator(
+        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=256
+    )
     yield e
     e.close()

@@ -30,8 +30,9 @@ def isolate(tmp_path: Path, monkeypatch) -> Path:
     return hub
 
 
-def put_in_cache(cache: Path, repo: str, file: str, data: bytes = b"GGUF" + bytes(60),
-                 blob: bool = False) -> Path:
+def put_in_cache(
+    cache: Path, repo: str, file: str, data: bytes = b"GGUF" + bytes(60), blob: bool = False
+) -> Path:
     """Write `file` of `repo` into `cache` the way hf_hub_download does."""
     folder = cache / f"models--{repo.replace('/', '--')}"
     snapshot = folder / "snapshots" / COMMIT / file

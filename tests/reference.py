@@ -12,8 +12,14 @@ def model_logits(path, tokens: list[int]) -> np.ndarray:
 
     Flash attention on, as llama.cpp chooses by default for localeft's contexts (with it off the
     attention numerics differ by ~1e-3 in the logits: a different, equally valid kernel)."""
-    llm = Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1,
-                flash_attn=True)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=256,
+        logits_all=True,
+        verbose=False,
+        n_threads=1,
+        flash_attn=True,
+    )
     llm.eval(tokens)
     out = np.array(llm.scores[len(tokens) - 1], dtype=np.float64)
     llm.close()

@@ -36,8 +36,12 @@ def isolated(tmp_path, monkeypatch) -> Path:
 
 
 def trio(tiny, **override) -> list[str]:
-    paths = {"large_base": tiny.large_base, "small_ft": tiny.small_ft,
-             "small_base": tiny.small_base, **override}
+    paths = {
+        "large_base": tiny.large_base,
+        "small_ft": tiny.small_ft,
+        "small_base": tiny.small_base,
+        **override,
+    }
     args = list(FAST)
     for role, path in paths.items():
         args += [f"--{role.replace('_', '-')}", str(path)]
@@ -45,8 +49,9 @@ def trio(tiny, **override) -> list[str]:
 
 
 def invoke(*args, input=None, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env,
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False
+    )
 
 
 def gen_json(tiny, *args, **override) -> dict:
@@ -78,18 +83,25 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 def local_preset(tiny, name="mine", **settings) -> str:
     head = "".join(f"{k} = {v}\n" for k, v in settings.items())
-    roles = "".join(f'[presets.{name}.{role}]\npath = "{getattr(tiny, role)}"\n'
-                    for role in ("large_base", "small_ft", "small_base"))
+    roles = "".join(
+        f'[presets.{name}.{role}]\npath = "{getattr(tiny, role)}"\n'
+        for role in ("large_base", "small_ft", "small_base")
+    )
     return f'default = "{name}"\n[presets.{name}]\ndescription = "tiny trio"\n{head}{roles}'
 
 
-HUB = {"large_base": ("org/large-GGUF", "large.gguf"), "small_ft": ("org/ft-GGUF", "ft.gguf"),
-       "small_base": ("org/base-GGUF", "base.gguf")}
+HUB = {
+    "large_base": ("org/large-GGUF", "large.gguf"),
+    "small_ft": ("org/ft-GGUF", "ft.gguf"),
+    "small_base": ("org/base-GGUF", "base.gguf"),
+}
 
 
 def hub_preset() -> str:
-    roles = "".join(f'[presets.hubby.{role}]\nrepo = "{repo}"\nfile = "{file}"\nsize_gb = 0.01\n'
-                    for role, (repo, file) in HUB.items())
+    roles = "".join(
+        f'[presets.hubby.{role}]\nrepo = "{repo}"\nfile = "{file}"\nsize_gb = 0.01\n'
+        for role, (repo, file) in HUB.items()
+    )
     return f'default = "hubby"\n[presets.hubby]\ndescription = "tiny trio on the Hub"\n{roles}'
 
 
@@ -106,8 +118,10 @@ def test_version_and_help_with_examples():
 
 
 def test_subprocess_entry_points():
-    for cmd in ([sys.executable, "-m", "localeft", "--version"],
-                [sys.executable, "cli.py", "--version"]):
+    for cmd in (
+        [sys.executable, "-m", "localeft", "--version"],
+        [sys.executable, "cli.py", "--version"],
+    ):
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "localeft 0.1.0", out.stderr
 
@@ -144,8 +158,17 @@ def test_json_schema(tiny):
     settings = out["settings"]
     assert settings["max_tokens"] == 5 and settings["n_ctx"] == 256 and settings["beta"] == 1.0
     stats = out["stats"]
-    for key in ("prompt_tokens", "prompt_evaluated", "generated_tokens", "seconds", "model_seconds",
-                "ms_per_token", "tokens_per_second", "acceptance_rate", "speculative"):
+    for key in (
+        "prompt_tokens",
+        "prompt_evaluated",
+        "generated_tokens",
+        "seconds",
+        "model_seconds",
+        "ms_per_token",
+        "tokens_per_second",
+        "acceptance_rate",
+        "speculative",
+    ):
         assert key in stats, key
     assert stats["generated_tokens"] == 5
     assert stats["prompt_evaluated"] == 3 * stats["prompt_tokens"]  # three fresh contexts
@@ -160,13 +183,47 @@ def test_every_sampling_flag_reaches_the_engine(tiny, monkeypatch):
         return original(self, prompt, **kw)
 
     monkeypatch.setattr(Emulator, "stream", spy)
-    result = invoke("generate", *trio(tiny), "--beta", "0.5", "--temp", "0.7", "--top-k", "5",
-                    "--top-p", "0.9", "--min-p", "0.05", "--seed", "7", "--stop", "xyz",
-                    "--stop", "abc", "-n", "9", "--draft", "3", "--mode", "small", "hi")
+    result = invoke(
+        "generate",
+        *trio(tiny),
+        "--beta",
+        "0.5",
+        "--temp",
+        "0.7",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--min-p",
+        "0.05",
+        "--seed",
+        "7",
+        "--stop",
+        "xyz",
+        "--stop",
+        "abc",
+        "-n",
+        "9",
+        "--draft",
+        "3",
+        "--mode",
+        "small",
+        "hi",
+    )
     assert result.exit_code == 0, result.output
     assert seen["beta_now"] == 0.5 and seen["n_ctx"] == 256
-    expected = dict(max_tokens=9, temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, seed=7,
-                    stop=["xyz", "abc"], speculative=True, draft_tokens=3, mode="ft")
+    expected = dict(
+        max_tokens=9,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        min_p=0.05,
+        seed=7,
+        stop=["xyz", "abc"],
+        speculative=True,
+        draft_tokens=3,
+        mode="ft",
+    )
     assert {k: seen[k] for k in expected} == expected
     assert invoke("generate", *trio(tiny), "--no-speculative", "hi").exit_code == 0
     assert seen["speculative"] is False and seen["draft_tokens"] is None
@@ -183,8 +240,10 @@ def test_greedy_and_seeded_sampling_repeat(tiny):
 
 
 def test_modes_run_one_model(tiny):
-    timed = {mode: set(gen_json(tiny, "--mode", mode, "-n", "3", "hi")["stats"]["model_seconds"])
-             for mode in ("large", "small", "eft")}
+    timed = {
+        mode: set(gen_json(tiny, "--mode", mode, "-n", "3", "hi")["stats"]["model_seconds"])
+        for mode in ("large", "small", "eft")
+    }
     assert timed == {"large": {"base"}, "small": {"ft"}, "eft": {"base", "ft", "ref"}}
 
 
@@ -210,11 +269,30 @@ def test_stop_string_and_verbose_stats(tiny):
 
 def test_expert_option(tiny):
     args = [*FAST, "--large-base", tiny.large_base]
-    out = json.loads(invoke("generate", "--json", *args, "-n", "3", "--expert",
-                            f"{tiny.small_ft}:{tiny.small_base}:0.5", "hi").stdout)
+    out = json.loads(
+        invoke(
+            "generate",
+            "--json",
+            *args,
+            "-n",
+            "3",
+            "--expert",
+            f"{tiny.small_ft}:{tiny.small_base}:0.5",
+            "hi",
+        ).stdout
+    )
     assert set(out["models"]) == {"base", "ft", "ref"}
-    two = invoke("generate", *args, "-n", "3", "--expert", f"{tiny.small_ft}:{tiny.small_base}",
-                 "--expert", f"{tiny.padded}:{tiny.small_base}:-0.5", "hi")
+    two = invoke(
+        "generate",
+        *args,
+        "-n",
+        "3",
+        "--expert",
+        f"{tiny.small_ft}:{tiny.small_base}",
+        "--expert",
+        f"{tiny.padded}:{tiny.small_base}:-0.5",
+        "hi",
+    )
     assert two.exit_code == 0, two.output
     for bad in ("only-one-path", "a:b:c:d", "a::1", f"{tiny.small_ft}:{tiny.small_base}:much"):
         result = invoke("generate", *args, "--expert", bad, "hi")
@@ -242,24 +320,43 @@ def test_ctrl_c_during_generate_exits_130(tiny, monkeypatch):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("override, needles", [
-    ({"small_ft": "missing.gguf"}, ["model file not found", "missing.gguf"]),
-    ({"small_ft": "not_gguf"}, ["not a GGUF file"]),
-    ({"small_ft": "truncated"}, ["truncated.gguf"]),
-    ({"small_ft": "incompatible"}, ["do not share a tokenizer", "large_base.gguf",
-                                    "incompatible.gguf"]),
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ({"small_ft": "missing.gguf"}, ["model file not found", "missing.gguf"]),
+        ({"small_ft": "not_gguf"}, ["not a GGUF file"]),
+        ({"small_ft": "truncated"}, ["truncated.gguf"]),
+        (
+            {"small_ft": "incompatible"},
+            ["do not share a tokenizer", "large_base.gguf", "incompatible.gguf"],
+        ),
+    ],
+)
 def test_bad_model_files(tiny, tmp_path, override, needles):
     role, name = next(iter(override.items()))
     path = getattr(tiny, name, tmp_path / name)
     assert_one_line_error(invoke("generate", *trio(tiny, **{role: path}), "hi"), 1, *needles)
 
 
-@pytest.mark.parametrize("args", [
-    ["--temp", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--min-p", "1"], ["-n", "0"],
-    ["--top-k", "-2"], ["--seed", "-1"], ["--beta", "-0.5"], ["-c", "4"], ["-t", "0"],
-    ["--draft", "0"], ["--temp", "warm"], ["--mode", "huge"], ["--draft", "2", "--no-speculative"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temp", "-1"],
+        ["--top-p", "0"],
+        ["--top-p", "1.5"],
+        ["--min-p", "1"],
+        ["-n", "0"],
+        ["--top-k", "-2"],
+        ["--seed", "-1"],
+        ["--beta", "-0.5"],
+        ["-c", "4"],
+        ["-t", "0"],
+        ["--draft", "0"],
+        ["--temp", "warm"],
+        ["--mode", "huge"],
+        ["--draft", "2", "--no-speculative"],
+    ],
+)
 def test_bad_numbers_are_usage_errors(tiny, args):
     result = invoke("generate", *trio(tiny), *args, "hi")
     assert result.exit_code == 2 and "Error:" in result.stderr and "Traceback" not in result.output
@@ -271,8 +368,13 @@ def test_non_finite_numbers_fail_cleanly(tiny):
 
 
 def test_prompt_too_long_and_empty_prompts(tiny):
-    long = invoke("generate", *trio(tiny), "-c", "16", "a prompt much longer than sixteen tokens "
-                  "for this tiny context window")
+    long = invoke(
+        "generate",
+        *trio(tiny),
+        "-c",
+        "16",
+        "a prompt much longer than sixteen tokens for this tiny context window",
+    )
     assert_one_line_error(long, 1, "the context holds 16")
     assert_one_line_error(invoke("generate", *trio(tiny), ""), 1, "the prompt is empty")
     assert_one_line_error(invoke("generate", *trio(tiny), input="  \n\n"), 1, "the prompt is empty")
@@ -295,13 +397,27 @@ def test_local_preset_settings_and_overrides(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     settings = json.loads(result.stdout)["settings"]
     assert (settings["beta"], settings["n_ctx"], settings["temperature"]) == (0.5, 128, 0.0)
-    result = invoke("generate", "--json", "--config", config, "-t", "1", "-n", "3", "--beta", "2",
-                    "-c", "64", "hi")
+    result = invoke(
+        "generate",
+        "--json",
+        "--config",
+        config,
+        "-t",
+        "1",
+        "-n",
+        "3",
+        "--beta",
+        "2",
+        "-c",
+        "64",
+        "hi",
+    )
     settings = json.loads(result.stdout)["settings"]
     assert (settings["beta"], settings["n_ctx"]) == (2.0, 64)
     # an explicit path replaces the preset's role
-    result = invoke("generate", "--config", config, "-t", "1", "--small-ft", tiny.incompatible,
-                    "hi")
+    result = invoke(
+        "generate", "--config", config, "-t", "1", "--small-ft", tiny.incompatible, "hi"
+    )
     assert_one_line_error(result, 1, "incompatible.gguf")
 
 
@@ -343,12 +459,19 @@ def test_hub_preset_not_cached(tiny, tmp_path, isolated, monkeypatch):
     assert "localeft pull hubby" in offline.stderr
     for args in (["hubby"], ["hubby", "--offline"]):  # HF_HUB_OFFLINE=1 is set
         assert_one_line_error(invoke("pull", "--config", config, *args), 1, "localeft pull hubby")
-    assert_one_line_error(invoke("generate", "--config", config, *FAST, "hi"), 1,
-                          "localeft pull hubby", "HF_HUB_OFFLINE")
+    assert_one_line_error(
+        invoke("generate", "--config", config, *FAST, "hi"),
+        1,
+        "localeft pull hubby",
+        "HF_HUB_OFFLINE",
+    )
     # online, not a terminal, no --yes: no download, but a hint
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert_one_line_error(invoke("generate", "--config", config, *FAST, "hi"), 1,
-                          "run `localeft pull hubby` to download it")
+    assert_one_line_error(
+        invoke("generate", "--config", config, *FAST, "hi"),
+        1,
+        "run `localeft pull hubby` to download it",
+    )
 
 
 def test_download_with_yes_or_confirmation(tiny, tmp_path, isolated, monkeypatch):
@@ -378,8 +501,11 @@ def test_download_with_yes_or_confirmation(tiny, tmp_path, isolated, monkeypatch
 
 def test_pull_downloads(tiny, tmp_path, isolated, monkeypatch):
     config = write_config(tmp_path, hub_preset())
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(
-        cache_copy(isolated, repo_id, filename, tiny.small_ft)))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo_id, filename, **kw: str(cache_copy(isolated, repo_id, filename, tiny.small_ft)),
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     result = invoke("pull", "--config", config)
     assert result.exit_code == 0 and "ready" in result.stdout, result.output
@@ -414,7 +540,10 @@ def test_compare_json_and_layouts(tiny):
     out = json.loads(result.stdout)["results"]
     assert list(out) == ["small", "large", "eft"]
     assert {name: set(r["stats"]["model_seconds"]) for name, r in out.items()} == {
-        "small": {"ft"}, "large": {"base"}, "eft": {"base", "ft", "ref"}}
+        "small": {"ft"},
+        "large": {"base"},
+        "eft": {"base", "ft", "ref"},
+    }
     assert out["eft"]["text"] == gen_json(tiny, "-n", "6", "--seed", "1", "hi")["text"]
     wide = invoke("compare", *trio(tiny), "-n", "6", "hi", env={"COLUMNS": "150"})
     header = wide.stdout.splitlines()[0]
@@ -433,12 +562,35 @@ def chat(tiny, script: str, *args):
 
 def test_chat_commands(tiny, tmp_path):
     saved = tmp_path / "chat.json"
-    script = "\n".join([
-        "/help", "hello there", "/set temp 0.5", "/set top_p 2", "/set seed lots", "/set top_k 3",
-        "/set colour red", "/set system You are terse.", "/mode small", "/mode tiny",
-        '"""', "line one", "", "line two", '"""', "/stats", f"/save {saved}", "/frobnicate",
-        "/clear", f"/save {saved}.2", "/bye", "never read",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "/help",
+                "hello there",
+                "/set temp 0.5",
+                "/set top_p 2",
+                "/set seed lots",
+                "/set top_k 3",
+                "/set colour red",
+                "/set system You are terse.",
+                "/mode small",
+                "/mode tiny",
+                '"""',
+                "line one",
+                "",
+                "line two",
+                '"""',
+                "/stats",
+                f"/save {saved}",
+                "/frobnicate",
+                "/clear",
+                f"/save {saved}.2",
+                "/bye",
+                "never read",
+            ]
+        )
+        + "\n"
+    )
     result = chat(tiny, script)
     assert result.exit_code == 0, result.output
     out, err = result.stdout, result.stderr
@@ -447,8 +599,13 @@ def test_chat_commands(tiny, tmp_path):
     assert "cannot set 'colour'" in err and "usage: /mode eft|large|small" in err
     assert "unknown command /frobnicate" in err and "evaluated" in out
     data = json.loads(saved.read_text())
-    assert [m["role"] for m in data["messages"]] == ["system", "user", "assistant", "user",
-                                                     "assistant"]
+    assert [m["role"] for m in data["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert data["messages"][0]["content"] == "You are terse."
     assert data["messages"][3]["content"] == "line one\n\nline two"
     settings = data["settings"]
@@ -461,8 +618,11 @@ def test_chat_commands(tiny, tmp_path):
 
 def test_chat_reuses_the_kv_cache(tiny, tmp_path):
     saved = tmp_path / "chat.json"
-    result = chat(tiny, f"hello there\nhow are you?\ntell me more\n/stats\n/save {saved}\n",
-                  "--no-speculative")
+    result = chat(
+        tiny,
+        f"hello there\nhow are you?\ntell me more\n/stats\n/save {saved}\n",
+        "--no-speculative",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(saved.read_text())
     replies = data["replies"]
@@ -519,8 +679,9 @@ def test_chat_exits_cleanly_on_eof_and_ctrl_c_at_the_prompt(tiny, monkeypatch):
 
 def test_real_ctrl_c_at_the_chat_prompt(tiny):
     cmd = [sys.executable, "-m", "localeft", "chat", *trio(tiny), "-n", "4"]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     p.stdin.write(b"hello\n")
     p.stdin.flush()
     seen = b""
@@ -534,7 +695,15 @@ def test_real_ctrl_c_at_the_chat_prompt(tiny):
 
 
 def test_chat_errors_keep_the_session(tiny):
-    result = invoke("chat", *trio(tiny), "-c", "24", "-n", "4", "--no-speculative",
-                    input="hi\n" + "a long message " * 10 + "\n/save /nonexistent/dir/x.json\n")
+    result = invoke(
+        "chat",
+        *trio(tiny),
+        "-c",
+        "24",
+        "-n",
+        "4",
+        "--no-speculative",
+        input="hi\n" + "a long message " * 10 + "\n/save /nonexistent/dir/x.json\n",
+    )
     assert result.exit_code == 0, result.output
     assert "the context holds 24" in result.stderr and "cannot save" in result.stderr

@@ -20,8 +20,10 @@ def tokens_for(em: Emulator, text: str) -> list[int]:
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_upscaling_matches_float64_reference(tiny, em, beta, prompt):
     toks = tokens_for(em, prompt)
-    ref = eft_reference(model_logits(tiny.large_base, toks),
-                        [(model_logits(tiny.small_ft, toks), model_logits(tiny.small_base, toks), beta)])
+    ref = eft_reference(
+        model_logits(tiny.large_base, toks),
+        [(model_logits(tiny.small_ft, toks), model_logits(tiny.small_base, toks), beta)],
+    )
     got = np.exp(em.logprobs(prompt, beta=beta))
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= TOL
@@ -30,25 +32,38 @@ def test_upscaling_matches_float64_reference(tiny, em, beta, prompt):
 
 def test_downscaling_matches_reference(tiny):
     # small base + (large fine-tuned − large base): roles are what the paper's down-scaling uses.
-    em = Emulator(base=tiny.small_base, experts=[Expert(ft=tiny.small_ft, ref=tiny.large_base)],
-                  n_ctx=256)
+    em = Emulator(
+        base=tiny.small_base, experts=[Expert(ft=tiny.small_ft, ref=tiny.large_base)], n_ctx=256
+    )
     toks = tokens_for(em, "hello world")
-    ref = eft_reference(model_logits(tiny.small_base, toks),
-                        [(model_logits(tiny.small_ft, toks), model_logits(tiny.large_base, toks), 1.0)])
+    ref = eft_reference(
+        model_logits(tiny.small_base, toks),
+        [(model_logits(tiny.small_ft, toks), model_logits(tiny.large_base, toks), 1.0)],
+    )
     assert np.abs(np.exp(em.logprobs("hello world")) - ref).max() <= TOL
 
 
 def test_two_experts_interpolate(tiny):
     lam = 0.7
-    em = Emulator(base=tiny.large_base, experts=[
-        Expert(ft=tiny.small_ft, ref=tiny.small_base, weight=lam),
-        Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=1 - lam)], n_ctx=256)
+    em = Emulator(
+        base=tiny.large_base,
+        experts=[
+            Expert(ft=tiny.small_ft, ref=tiny.small_base, weight=lam),
+            Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=1 - lam),
+        ],
+        n_ctx=256,
+    )
     # the shared ref is loaded once, and gets one context
     assert len(em._models) == 4 and len(em._order) == 4
     toks = tokens_for(em, "the cat")
     L = lambda p: model_logits(p, toks)  # noqa: E731
-    ref = eft_reference(L(tiny.large_base), [(L(tiny.small_ft), L(tiny.small_base), lam),
-                                             (L(tiny.oracle_small_ft), L(tiny.small_base), 1 - lam)])
+    ref = eft_reference(
+        L(tiny.large_base),
+        [
+            (L(tiny.small_ft), L(tiny.small_base), lam),
+            (L(tiny.oracle_small_ft), L(tiny.small_base), 1 - lam),
+        ],
+    )
     assert np.abs(np.exp(em.logprobs("the cat")) - ref).max() <= TOL
 
 
@@ -62,8 +77,9 @@ def test_beta_zero_is_the_base_model_exactly(tiny, em):
 
 
 def test_expert_with_ft_equal_ref_changes_nothing(tiny):
-    em = Emulator(base=tiny.large_base, experts=[Expert(ft=tiny.small_base, ref=tiny.small_base)],
-                  n_ctx=256)
+    em = Emulator(
+        base=tiny.large_base, experts=[Expert(ft=tiny.small_base, ref=tiny.small_base)], n_ctx=256
+    )
     toks = tokens_for(em, "hello")
     base = np.exp(log_softmax(model_logits(tiny.large_base, toks)))
     assert np.abs(np.exp(em.logprobs("hello", beta=2.0)) - base).max() <= 1e-6
@@ -71,23 +87,33 @@ def test_expert_with_ft_equal_ref_changes_nothing(tiny):
 
 def test_matches_hand_computed_oracle(tiny):
     """Zeroed blocks: logits depend only on the last token, computed from the weights alone."""
-    em = Emulator(large_base=tiny.oracle_large_base, small_ft=tiny.oracle_small_ft,
-                  small_base=tiny.oracle_small_base, n_ctx=256, beta=1.5)
+    em = Emulator(
+        large_base=tiny.oracle_large_base,
+        small_ft=tiny.oracle_small_ft,
+        small_base=tiny.oracle_small_base,
+        n_ctx=256,
+        beta=1.5,
+    )
     for text in ["hello", "a dog is the"]:
         last = tokens_for(em, text)[-1]
-        O = lambda p: oracle_logits(p, last)  # noqa: E731
-        ref = eft_reference(O(tiny.oracle_large_base),
-                            [(O(tiny.oracle_small_ft), O(tiny.oracle_small_base), 1.5)])
+        large, ft, base = (
+            oracle_logits(p, last)
+            for p in (tiny.oracle_large_base, tiny.oracle_small_ft, tiny.oracle_small_base)
+        )
+        ref = eft_reference(large, [(ft, base, 1.5)])
         assert np.abs(np.exp(em.logprobs(text)) - ref).max() <= TOL
 
 
 def test_padded_vocabulary_combines_over_shared_range(tiny):
-    em = Emulator(large_base=tiny.padded, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                  n_ctx=256)
+    em = Emulator(
+        large_base=tiny.padded, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=256
+    )
     assert em.vocab.padded and em.vocab.n_shared < em.models["base"].n_vocab
     toks = tokens_for(em, "hello world")
-    ref = eft_reference(model_logits(tiny.padded, toks),
-                        [(model_logits(tiny.small_ft, toks), model_logits(tiny.small_base, toks), 1.0)])
+    ref = eft_reference(
+        model_logits(tiny.padded, toks),
+        [(model_logits(tiny.small_ft, toks), model_logits(tiny.small_base, toks), 1.0)],
+    )
     got = np.exp(em.logprobs("hello world"))
     assert got.size == em.vocab.n_shared
     assert np.abs(got - ref).max() <= TOL
@@ -97,15 +123,21 @@ def test_padded_vocabulary_combines_over_shared_range(tiny):
 
 def test_incompatible_vocabulary_is_a_clear_error(tiny):
     with pytest.raises(VocabMismatchError, match=r"token \d+ is '.*' in one and '.*' in the other"):
-        Emulator(large_base=tiny.large_base, small_ft=tiny.incompatible, small_base=tiny.small_base,
-                 n_ctx=256)
+        Emulator(
+            large_base=tiny.large_base,
+            small_ft=tiny.incompatible,
+            small_base=tiny.small_base,
+            n_ctx=256,
+        )
 
 
 def test_raw_logits_combination_equals_log_softmax_combination():
     """The identity the engine relies on, on random vectors with very different normalisers."""
     rng = np.random.default_rng(0)
-    rows = [rng.normal(scale=s, size=1000).astype(np.float32) + off
-            for s, off in [(3, 50), (2, -20), (5, 7)]]
+    rows = [
+        rng.normal(scale=s, size=1000).astype(np.float32) + off
+        for s, off in [(3, 50), (2, -20), (5, 7)]
+    ]
     c = Combiner(1000, 0, [Term(1, 2, 1.3)])
     got = np.exp(log_softmax(c.combine(rows)))
     ref = eft_reference(rows[0], [(rows[1], rows[2], 1.3)])

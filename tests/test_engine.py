@@ -3,8 +3,13 @@
 import pytest
 from tinymodels import CHATML, IM_END_ID  # noqa: F401
 
-from localeft import (ContextOverflowError, Emulator, InvalidParameterError, LocaleftError,
-                      ModelFileError)
+from localeft import (
+    ContextOverflowError,
+    Emulator,
+    InvalidParameterError,
+    LocaleftError,
+    ModelFileError,
+)
 from localeft.prompts import render_template, render_transcript
 from localeft.textstream import TextStream
 
@@ -65,19 +70,26 @@ def test_seeded_sampling_repeats_and_seeds_differ(em):
 def test_chat_uses_the_fine_tuned_template_for_every_role(em):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     text = render_template(em.models["ft"], msgs)
-    assert text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     prompts = em._prompts(msgs, [0, 1, 2])
     ft = em.models["ft"].tokenize(text, add_bos=False)
-    assert prompts[1][-len(ft):] == ft and em.models["ft"].detokenize(prompts[0]).endswith("")
+    assert prompts[1][-len(ft) :] == ft and em.models["ft"].detokenize(prompts[0]).endswith("")
     assert len(set(map(tuple, prompts.values()))) == 1  # same templated text for base and ref
     g = em.chat(msgs, max_tokens=8)
     assert g.stats.prompt_tokens == len(prompts[0]) and len(g.tokens) <= 8
 
 
 def test_chat_transcript_rendering_for_base_models(tiny):
-    em = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                  n_ctx=256, base_prompt="transcript")
+    em = Emulator(
+        large_base=tiny.large_base,
+        small_ft=tiny.small_ft,
+        small_base=tiny.small_base,
+        n_ctx=256,
+        base_prompt="transcript",
+    )
     msgs = [{"role": "user", "content": "hello"}]
     prompts = em._prompts(msgs, [0, 1, 2])
     assert em.models["base"].detokenize(prompts[0]).strip() == render_transcript(msgs).strip()
@@ -86,16 +98,19 @@ def test_chat_transcript_rendering_for_base_models(tiny):
 
 
 def test_model_without_template_falls_back_to_transcript(tiny):
-    em = Emulator(large_base=tiny.large_base, small_ft=tiny.no_template, small_base=tiny.small_base,
-                  n_ctx=256)
+    em = Emulator(
+        large_base=tiny.large_base, small_ft=tiny.no_template, small_base=tiny.small_base, n_ctx=256
+    )
     assert em.chat([{"role": "user", "content": "hi"}], max_tokens=3).tokens
 
 
 def test_second_chat_turn_evaluates_only_new_tokens(em):
     turn1 = [{"role": "user", "content": "hello"}]
     g1 = em.chat(turn1, max_tokens=8, speculative=False)
-    turn2 = turn1 + [{"role": "assistant", "content": g1.text},
-                     {"role": "user", "content": "the cat is a dog"}]
+    turn2 = turn1 + [
+        {"role": "assistant", "content": g1.text},
+        {"role": "user", "content": "the cat is a dog"},
+    ]
     g2 = em.chat(turn2, max_tokens=4, speculative=False)
     n_roles = len(em._order)
     new_tokens = g2.stats.prompt_tokens - g1.stats.prompt_tokens
@@ -108,37 +123,56 @@ def test_second_chat_turn_evaluates_only_new_tokens(em):
 
 
 def test_generation_stops_when_the_context_is_full(tiny):
-    em = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                  n_ctx=16)
+    em = Emulator(
+        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=16
+    )
     for spec in (False, True):
         g = em.generate("hello", max_tokens=100, speculative=spec)
         assert g.finish_reason == "context" and 0 < len(g.tokens) <= 16
 
 
 def test_prompt_longer_than_context_is_a_clear_error(tiny):
-    em = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                  n_ctx=16)
-    with pytest.raises(ContextOverflowError, match="the prompt is .* tokens but the context holds 16"):
+    em = Emulator(
+        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=16
+    )
+    with pytest.raises(
+        ContextOverflowError, match="the prompt is .* tokens but the context holds 16"
+    ):
         em.generate("the cat is a dog " * 10)
 
 
-@pytest.mark.parametrize("field,match", [("not_gguf", "not a GGUF file"),
-                                         ("truncated", "cannot load")])
+@pytest.mark.parametrize(
+    "field,match", [("not_gguf", "not a GGUF file"), ("truncated", "cannot load")]
+)
 def test_bad_model_files_are_clear_errors(tiny, field, match):
     with pytest.raises(ModelFileError, match=match):
-        Emulator(large_base=getattr(tiny, field), small_ft=tiny.small_ft,
-                 small_base=tiny.small_base, n_ctx=64)
+        Emulator(
+            large_base=getattr(tiny, field),
+            small_ft=tiny.small_ft,
+            small_base=tiny.small_base,
+            n_ctx=64,
+        )
 
 
 def test_missing_model_file(tiny, tmp_path):
     with pytest.raises(ModelFileError, match="model file not found"):
-        Emulator(large_base=tmp_path / "nope.gguf", small_ft=tiny.small_ft,
-                 small_base=tiny.small_base)
+        Emulator(
+            large_base=tmp_path / "nope.gguf", small_ft=tiny.small_ft, small_base=tiny.small_base
+        )
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-0.5), dict(top_p=2), dict(min_p=-1),
-                                dict(max_tokens=0), dict(mode="medium"), dict(beta=-2),
-                                dict(draft_tokens=0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=-0.5),
+        dict(top_p=2),
+        dict(min_p=-1),
+        dict(max_tokens=0),
+        dict(mode="medium"),
+        dict(beta=-2),
+        dict(draft_tokens=0),
+    ],
+)
 def test_bad_settings_raise_before_any_work(em, kw):
     with pytest.raises(InvalidParameterError):
         em.stream("hello", **kw)
@@ -150,8 +184,9 @@ def test_empty_prompt_and_bad_construction(tiny, em):
     with pytest.raises(InvalidParameterError):
         Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft)
     with pytest.raises(InvalidParameterError):
-        Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                 n_ctx=0)
+        Emulator(
+            large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=0
+        )
     with pytest.raises(LocaleftError):
         em.chat([])
 
@@ -164,8 +199,13 @@ def test_single_model_modes(em):
 
 
 def test_overlapped_cpu_steps_give_the_same_tokens(tiny):
-    trio = dict(large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base,
-                n_ctx=256, n_threads=2)
+    trio = dict(
+        large_base=tiny.large_base,
+        small_ft=tiny.small_ft,
+        small_base=tiny.small_base,
+        n_ctx=256,
+        n_threads=2,
+    )
     together, apart = Emulator(**trio), Emulator(**trio, overlap=False)
     assert together.overlap and not apart.overlap
     # the larger base model gets the larger share of the cores for single-token steps

@@ -61,11 +61,13 @@ def test_shipped_presets_are_complete():
 def test_shipped_presets_cover_requested_families():
     presets, _ = registry.load_presets()
     files = {n: " ".join(r.file for r in p.roles.values()).lower() for n, p in presets.items()}
-    for needles in (("qwen2.5-7b", "qwen2.5-0.5b-instruct", "qwen2.5-0.5b."),
-                    ("llama-3.1-8b", "llama-3.2-1b-instruct", "llama-3.2-1b."),
-                    ("smollm2-1.7b", "smollm2-360m-instruct", "smollm2-360m."),
-                    ("gemma-3-1b-pt", "gemma-3-270m-it", "gemma-3-270m-q8_0"),
-                    ("qwen3-8b-base", "qwen3-0.6b-q8_0", "qwen3-0.6b-base")):
+    for needles in (
+        ("qwen2.5-7b", "qwen2.5-0.5b-instruct", "qwen2.5-0.5b."),
+        ("llama-3.1-8b", "llama-3.2-1b-instruct", "llama-3.2-1b."),
+        ("smollm2-1.7b", "smollm2-360m-instruct", "smollm2-360m."),
+        ("gemma-3-1b-pt", "gemma-3-270m-it", "gemma-3-270m-q8_0"),
+        ("qwen3-8b-base", "qwen3-0.6b-q8_0", "qwen3-0.6b-base"),
+    ):
         assert any(all(n in text for n in needles) for text in files.values()), needles
 
 
@@ -87,7 +89,9 @@ def test_qwen25_preset_notes_padded_vocab():
 
 def test_user_config_overrides_and_adds(tmp_path):
     local = tmp_path / "models" / "mine.gguf"
-    write_user_config(tmp_path, f"""
+    write_user_config(
+        tmp_path,
+        f"""
 default = "mine"
 
 [presets."qwen2.5-7b"]
@@ -105,7 +109,8 @@ path = "ft.gguf"
 [presets.mine.small_base]
 repo = "org/base-GGUF"
 file = "base.gguf"
-""")
+""",
+    )
     presets, default = registry.load_presets()
     assert default == "mine"
     qwen = presets["qwen2.5-7b"]
@@ -155,17 +160,20 @@ def test_malformed_toml_names_the_file(tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('[presets.half.large_base]\nrepo = "a/b"\nfile = "c.gguf"\n', "missing [small_ft]"),
-    ('[presets.x.large_base]\nrepo = "a/b"\n', "needs repo"),
-    ('[presets."qwen2.5-7b".small_ft]\nfiel = "x.gguf"\n', "unknown key(s) fiel"),
-    ('[presets."qwen2.5-7b"]\nbeta = "high"\n', "beta must be a number"),
-    ('[presets.qwen2.5-7b]\nbeta = 2\n', 'quote names containing dots'),
-    ('[presets."qwen2.5-7b".large_bsae]\nfile = "x.gguf"\n', "roles are large_base"),
-    ('[presets."qwen2.5-7b"]\nn_ctx = 4096.0\n', "n_ctx must be a number (an integer)"),
-    ('default = "qwen25"\n', "did you mean: qwen2.5-7b"),
-    ('[qwen3-8b]\nbeta = 2\n', "unknown top-level key"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('[presets.half.large_base]\nrepo = "a/b"\nfile = "c.gguf"\n', "missing [small_ft]"),
+        ('[presets.x.large_base]\nrepo = "a/b"\n', "needs repo"),
+        ('[presets."qwen2.5-7b".small_ft]\nfiel = "x.gguf"\n', "unknown key(s) fiel"),
+        ('[presets."qwen2.5-7b"]\nbeta = "high"\n', "beta must be a number"),
+        ("[presets.qwen2.5-7b]\nbeta = 2\n", "quote names containing dots"),
+        ('[presets."qwen2.5-7b".large_bsae]\nfile = "x.gguf"\n', "roles are large_base"),
+        ('[presets."qwen2.5-7b"]\nn_ctx = 4096.0\n', "n_ctx must be a number (an integer)"),
+        ('default = "qwen25"\n', "did you mean: qwen2.5-7b"),
+        ("[qwen3-8b]\nbeta = 2\n", "unknown top-level key"),
+    ],
+)
 def test_invalid_user_config(tmp_path, text, expected):
     path = write_user_config(tmp_path, text)
     with pytest.raises(ConfigError) as err:
@@ -290,6 +298,7 @@ def test_describe_reports_cached_and_missing(cache, tmp_path):
 def _raise(error: BaseException, cause: BaseException | None = None):
     def fake_download(*args, **kwargs):
         raise error from cause
+
     return fake_download
 
 
@@ -300,6 +309,7 @@ def _http_response(status: int):
 
 def _hub_errors():
     from huggingface_hub import errors
+
     httpx2 = pytest.importorskip("httpx2")
     connect = httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
     return {
@@ -307,24 +317,32 @@ def _hub_errors():
         "dropped": (httpx2.ReadTimeout("The read operation timed out"), None),
         "gated": (errors.GatedRepoError("403 Client Error", response=_http_response(403)), None),
         "missing-repo": (errors.RepositoryNotFoundError("404", response=_http_response(404)), None),
-        "missing-file": (errors.RemoteEntryNotFoundError("404", response=_http_response(404)),
-                         None),
+        "missing-file": (
+            errors.RemoteEntryNotFoundError("404", response=_http_response(404)),
+            None,
+        ),
         "hub-offline": (errors.LocalEntryNotFoundError("..."), errors.OfflineModeIsEnabled("off")),
         "server": (errors.HfHubHTTPError("503 Server Error", response=_http_response(503)), None),
         "disk-full": (OSError(28, "No space left on device"), None),
     }
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("unreachable", "Hugging Face Hub is unreachable"),
-    ("dropped", "unreachable or the transfer was interrupted (ReadTimeout"),
-    ("gated", "accept its licence at https://huggingface.co/org/model-GGUF"),
-    ("missing-repo", "repository org/model-GGUF (small_ft) was not found"),
-    ("missing-file", "file model.Q8_0.gguf (small_ft) was not found in repository org/model-GGUF"),
-    ("hub-offline", "localeft pull demo"),
-    ("server", "503 Server Error"),
-    ("disk-full", "No space left on device"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unreachable", "Hugging Face Hub is unreachable"),
+        ("dropped", "unreachable or the transfer was interrupted (ReadTimeout"),
+        ("gated", "accept its licence at https://huggingface.co/org/model-GGUF"),
+        ("missing-repo", "repository org/model-GGUF (small_ft) was not found"),
+        (
+            "missing-file",
+            "file model.Q8_0.gguf (small_ft) was not found in repository org/model-GGUF",
+        ),
+        ("hub-offline", "localeft pull demo"),
+        ("server", "503 Server Error"),
+        ("disk-full", "No space left on device"),
+    ],
+)
 def test_download_failures_become_download_errors(monkeypatch, case, expected):
     error, cause = _hub_errors()[case]
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(error, cause))
@@ -350,11 +368,15 @@ def test_real_library_with_unreachable_hub(monkeypatch):
     endpoint = f"http://127.0.0.1:{port}"
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     from huggingface_hub.utils import _http  # it retries 5 times with 1-8 s waits: skip them
+
     if hasattr(_http, "time"):
         monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", REAL_HF_HUB_DOWNLOAD)

@@ -1,4 +1,5 @@
-"""Sampling transforms keep exactly the right tokens; draws follow the distribution; seeds repeat."""
+"""Sampling transforms keep exactly the right tokens; draws follow the distribution; seeds
+repeat."""
 
 import numpy as np
 import pytest
@@ -40,8 +41,13 @@ def test_filters_keep_exactly_the_right_tokens(case, n):
     for trial in range(3):
         logits = (rng.standard_normal(n) * (2 + trial)).astype(np.float32)
         d = Sampler(SamplingParams(**case), n).dist(logits)
-        ref = reference_kept(logits, case["temperature"], case.get("top_k", 0),
-                             case.get("top_p", 1.0), case.get("min_p", 0.0))
+        ref = reference_kept(
+            logits,
+            case["temperature"],
+            case.get("top_k", 0),
+            case.get("top_p", 1.0),
+            case.get("min_p", 0.0),
+        )
         assert set(d.ids.tolist()) == set(ref)
         got = dict(zip(d.ids.tolist(), d.probs.tolist()))
         assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
@@ -80,17 +86,31 @@ def test_draws_follow_the_distribution(case):
 
 def test_same_seed_same_draws():
     logits = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
-    draw = lambda seed: [Sampler(SamplingParams(temperature=1, seed=seed), 1000)(logits)  # noqa: E731
-                         for _ in range(1)]
+
+    def draw(seed):
+        return Sampler(SamplingParams(temperature=1, seed=seed), 1000)(logits)
+
     a = Sampler(SamplingParams(temperature=1.0, seed=5), 1000)
     b = Sampler(SamplingParams(temperature=1.0, seed=5), 1000)
     assert [a(logits) for _ in range(50)] == [b(logits) for _ in range(50)]
     assert draw(1) == draw(1)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(temperature=float("inf")),
-                                dict(top_p=0), dict(top_p=1.5), dict(min_p=1), dict(top_k=-3),
-                                dict(top_k=2.5), dict(seed="x"), dict(seed=-1), dict(seed=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=-1),
+        dict(temperature=float("inf")),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(min_p=1),
+        dict(top_k=-3),
+        dict(top_k=2.5),
+        dict(seed="x"),
+        dict(seed=-1),
+        dict(seed=True),
+    ],
+)
 def test_invalid_settings_are_rejected(kw):
     with pytest.raises(InvalidParameterError):
         SamplingParams(**kw)

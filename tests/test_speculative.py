@@ -23,10 +23,15 @@ def test_greedy_speculative_equals_plain(em, prompt, k):
 
 @pytest.mark.parametrize("drafter", [0, 1])
 def test_greedy_speculative_with_two_experts_and_beta(tiny, drafter):
-    em = Emulator(base=tiny.large_base, experts=[
-        Expert(ft=tiny.small_ft, ref=tiny.small_base, weight=0.6),
-        Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=0.4)], n_ctx=256,
-        drafter=drafter)
+    em = Emulator(
+        base=tiny.large_base,
+        experts=[
+            Expert(ft=tiny.small_ft, ref=tiny.small_base, weight=0.6),
+            Expert(ft=tiny.oracle_small_ft, ref=tiny.small_base, weight=0.4),
+        ],
+        n_ctx=256,
+        drafter=drafter,
+    )
     for beta in (0.5, 2.0):
         plain = em.generate("the cat", max_tokens=30, beta=beta, speculative=False)
         spec = em.generate("the cat", max_tokens=30, beta=beta, draft_tokens=4)
@@ -50,8 +55,13 @@ def test_accept_reject_reproduces_the_target_exactly():
     chi2 = ((counts - draws * p) ** 2 / (draws * p)).sum()
     assert chi2 < (n - 1) + 5 * np.sqrt(2 * (n - 1))
     # acceptance rate is sum(min(p, q)), as theory says
-    assert abs(np.mean([accept([P], [Q], [int(rng.choice(n, p=q))], rng)[0] for _ in range(4000)])
-               - np.minimum(p, q).sum()) < 0.03
+    assert (
+        abs(
+            np.mean([accept([P], [Q], [int(rng.choice(n, p=q))], rng)[0] for _ in range(4000)])
+            - np.minimum(p, q).sum()
+        )
+        < 0.03
+    )
 
 
 def exact_pair_distribution(em, prompt, params):
@@ -66,16 +76,18 @@ def exact_pair_distribution(em, prompt, params):
     return table
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=1.5, top_k=4),
-                                      dict(temperature=0.7, top_p=0.6, min_p=0.02)])
+@pytest.mark.parametrize(
+    "settings", [dict(temperature=1.5, top_k=4), dict(temperature=0.7, top_p=0.6, min_p=0.02)]
+)
 def test_sampled_speculative_follows_the_exact_eft_distribution(em, settings):
     params = SamplingParams(**settings)
     exact = exact_pair_distribution(em, "the cat", params)
     runs = 1500
     counts: dict = {}
     for seed in range(runs):
-        g = em.generate("the cat", max_tokens=2, seed=seed, speculative=True, draft_tokens=3,
-                        **settings)
+        g = em.generate(
+            "the cat", max_tokens=2, seed=seed, speculative=True, draft_tokens=3, **settings
+        )
         key = tuple(g.tokens)
         assert key in exact, "speculative decoding produced a pair plain sampling never would"
         counts[key] = counts.get(key, 0) + 1
@@ -84,7 +96,10 @@ def test_sampled_speculative_follows_the_exact_eft_distribution(em, settings):
     big = [k for k in keys if exact[k] * runs >= 5]
     obs = [counts.get(k, 0) for k in big] + [runs - sum(counts.get(k, 0) for k in big)]
     exp = [exact[k] * runs for k in big] + [runs * (1 - sum(exact[k] for k in big))]
-    obs, exp = np.array(obs[:-1] if exp[-1] < 1 else obs), np.array(exp[:-1] if exp[-1] < 1 else exp)
+    obs, exp = (
+        np.array(obs[:-1] if exp[-1] < 1 else obs),
+        np.array(exp[:-1] if exp[-1] < 1 else exp),
+    )
     chi2 = ((obs - exp) ** 2 / exp).sum()
     dof = len(obs) - 1
     assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)
@@ -96,14 +111,15 @@ def test_contexts_roll_back_to_the_accepted_prefix(tiny, em):
     assert g.stats.accepted < g.stats.drafted  # some drafts were rejected and rolled back
     text_after = em.models["base"].detokenize(g.tokens)
     reused = em.logprobs("a dog is", after=g.tokens)
-    fresh = Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft,
-                     small_base=tiny.small_base, n_ctx=256)
+    fresh = Emulator(
+        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=256
+    )
     # A stale or misplaced KV entry shifts probabilities by O(0.1); what remains (~1e-5) is
     # llama.cpp computing one batch of 25 vs 25 single steps (F16 KV rounding).
     assert np.abs(np.exp(reused) - np.exp(fresh.logprobs("a dog is", after=g.tokens))).max() < 1e-3
     assert text_after == g.text
     for r in em._order:  # every cache holds exactly the tokens its list says
-        assert r.ctx.tokens[-len(g.tokens):] == g.tokens
+        assert r.ctx.tokens[-len(g.tokens) :] == g.tokens
 
 
 def test_default_is_plain_decoding_on_a_cpu_and_speculative_when_asked(em):

@@ -27,7 +27,11 @@ MODEL_NAMES = list(TINY_SPECS)
 
 def _load(path) -> llama_cpp.Llama:
     return llama_cpp.Llama(
-        model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, logits_all=False,
+        model_path=str(path),
+        n_ctx=256,
+        n_threads=1,
+        n_threads_batch=1,
+        logits_all=False,
         verbose=False,
     )
 
@@ -137,8 +141,11 @@ def test_non_ascii_goes_through_byte_tokens(llms):
     toks = llm.tokenize(text.encode(), add_bos=False)
     assert len(toks) > len(text)
     vocab = _vocab(llm)
-    byte_toks = [t for t in toks if llama_cpp.llama_vocab_get_attr(vocab, t)
-                 & llama_cpp.LLAMA_TOKEN_ATTR_BYTE]
+    byte_toks = [
+        t
+        for t in toks
+        if llama_cpp.llama_vocab_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_BYTE
+    ]
     assert len(byte_toks) == len(text.encode())  # 3 + 3 + 3 bytes
     assert llm.detokenize(toks).decode().strip() == text
     # "é" is two bytes -> two tokens: a multi-byte char spans several tokens
@@ -216,5 +223,6 @@ def test_incompatible_vocab(llms):
     diff = [t for t in range(ft.n_vocab()) if _text(ft, t) != _text(bad, t)]
     assert sorted(diff) == sorted(token_id(p) for p in SWAPPED_PIECES)
     vocab = _vocab(bad)
-    assert all(llama_cpp.llama_vocab_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_NORMAL
-               for t in diff)
+    assert all(
+        llama_cpp.llama_vocab_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_NORMAL for t in diff
+    )

@@ -87,20 +87,64 @@ _SPECIALS = [
     ("<|im_end|>", _CONTROL),
 ]
 
-_CHARS = (
-    "abcdefghijklmnopqrstuvwxyz"
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    "0123456789"
-    ".,!?;:'\"-()[]/&%$#@*+=_"
-)
+_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?;:'\"-()[]/&%$#@*+=_"
 
 _WORDS = [
-    "the", "a", "is", "hello", "world", "cat", "dog", "and", "of", "to",
-    "in", "it", "you", "that", "was", "for", "on", "are", "with", "as",
-    "be", "at", "this", "have", "from", "or", "one", "not", "what", "all",
-    "we", "can", "there", "yes", "no", "good", "bad", "my", "name", "how",
-    "Hello", "The", "I", "user", "assistant", "system", "answer", "question",
-    "Paris", "capital", "France", "red", "blue", "sun", "moon",
+    "the",
+    "a",
+    "is",
+    "hello",
+    "world",
+    "cat",
+    "dog",
+    "and",
+    "of",
+    "to",
+    "in",
+    "it",
+    "you",
+    "that",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "be",
+    "at",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "not",
+    "what",
+    "all",
+    "we",
+    "can",
+    "there",
+    "yes",
+    "no",
+    "good",
+    "bad",
+    "my",
+    "name",
+    "how",
+    "Hello",
+    "The",
+    "I",
+    "user",
+    "assistant",
+    "system",
+    "answer",
+    "question",
+    "Paris",
+    "capital",
+    "France",
+    "red",
+    "blue",
+    "sun",
+    "moon",
 ]
 # Role names also appear right after "<|im_start|>", without a space.
 _BARE_WORDS = ["user", "assistant", "system"]
@@ -145,7 +189,7 @@ def _base_vocab() -> tuple[list[str], list[float], list[int]]:
     # longer pieces slightly preferred (only matters for tie-breaking).
     scores: list[float] = []
     rank = 0
-    for text, ttype in zip(tokens, types):
+    for ttype in types:
         if ttype == _NORMAL:
             scores.append(float(-rank))
             rank += 1
@@ -194,8 +238,15 @@ def token_id(text: str, vocab_variant: str = "default") -> int:
 
 
 def _weights(
-    seed: int, n_vocab: int, n_vocab_total: int, n_embd: int, n_layer: int,
-    n_head: int, n_head_kv: int, n_ff: int, zero_blocks: bool,
+    seed: int,
+    n_vocab: int,
+    n_vocab_total: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    zero_blocks: bool,
 ) -> list[tuple[str, np.ndarray]]:
     """All tensors, in file order, as float32 numpy arrays (numpy shape =
     reversed ggml ne, i.e. (rows=out_features, cols=in_features))."""
