@@ -23,6 +23,7 @@ from .errors import ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
 from .prompts import tokenize_prompt
 from .sampling import Sampler, SamplingParams
+from .speculative import SpeculativeDecoder, use_speculative
 from .textstream import TextStream
 from .vocab import VocabCheck, check_vocabularies
 
@@ -363,8 +364,6 @@ class Emulator:
         speculative: bool | None = None,
         draft_tokens: int | None = None,
     ) -> _Job:
-        from .speculative import use_speculative
-
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         b = self.beta if beta is None else check_weight("beta", beta)
@@ -386,8 +385,6 @@ class Emulator:
         )
 
     def _run(self, job: _Job, out: Stream) -> Iterator[str]:
-        from .speculative import SpeculativeDecoder
-
         indices, prompts, stops, mode = job.indices, job.prompts, job.stops, job.mode
         t0 = time.perf_counter()
         stats = Stats(
@@ -442,18 +439,23 @@ class Emulator:
         if rest:
             yield rest
 
+    def _prefill(self, prompts: dict[int, list[int]], indices: list[int], stats: Stats) -> None:
+        """Bring each context to its prompt, decoding only what its KV cache lacks."""
+        t = time.perf_counter()
+        for i in indices:
+            ctx = self._order[i].ctx
+            before = ctx.n_evaluated
+            ctx.sync(prompts[i], 1)
+            stats.prompt_evaluated += ctx.n_evaluated - before
+        stats.prompt_seconds = time.perf_counter() - t
+
     def _plain_tokens(self, prompts, indices, beta, sampler, stats) -> Iterator[int]:
         """One token per step: decode in every context, combine, sample."""
         roles = [self._order[i] for i in indices]
         combiner = self._combiner(beta) if len(indices) > 1 else None
         n = self.vocab.n_shared
         clock = time.perf_counter
-        t = clock()
-        for i, r in zip(indices, roles):
-            before = r.ctx.n_evaluated
-            r.ctx.sync(prompts[i], 1)
-            stats.prompt_evaluated += r.ctx.n_evaluated - before
-        stats.prompt_seconds = clock() - t
+        self._prefill(prompts, indices, stats)
         secs = stats.model_seconds
         while True:
             t = clock()

@@ -106,12 +106,7 @@ class SpeculativeDecoder:
         verifiers = [i for i in range(len(roles)) if i != self.drafter]
         clock = time.perf_counter
         secs = stats.model_seconds
-        t = clock()
-        for i, r in enumerate(roles):
-            before = r.ctx.n_evaluated
-            r.ctx.sync(prompts[i], 1)
-            stats.prompt_evaluated += r.ctx.n_evaluated - before
-        stats.prompt_seconds = clock() - t
+        em._prefill(prompts, list(range(len(roles))), stats)
         longest = max(len(p) for p in prompts.values())
         gen: list[int] = []
         while True:
