@@ -127,3 +127,39 @@ def test_default_is_plain_decoding_on_a_cpu_and_speculative_when_asked(em):
     assert not em.generate("hello", max_tokens=4).stats.speculative
     assert em.generate("hello", max_tokens=4, draft_tokens=2).stats.speculative
     assert em.generate("hello", max_tokens=4, speculative=True).stats.speculative
+
+
+def test_speculative_with_different_prompt_lengths_per_role(tiny):
+    """Chat with a plain transcript for the pre-trained models: every context has its own
+    prompt length and positions, and rollback must keep each consistent."""
+    em = Emulator(
+        large_base=tiny.large_base,
+        small_ft=tiny.small_ft,
+        small_base=tiny.small_base,
+        n_ctx=256,
+        base_prompt="transcript",
+    )
+    msgs = [{"role": "user", "content": "hello, the cat is a dog"}]
+    prompts = em._prompts(msgs, [0, 1, 2])
+    assert len(prompts[0]) != len(prompts[1])
+    for k in (2, 5):
+        plain = em.chat(msgs, max_tokens=30, speculative=False)
+        spec = em.chat(msgs, max_tokens=30, draft_tokens=k)
+        assert spec.tokens == plain.tokens
+        sampled = [
+            em.chat(msgs, max_tokens=12, temperature=1.0, seed=s, draft_tokens=k).tokens
+            for s in range(3)
+        ]
+        for i, r in enumerate(em._order):  # each cache holds its own prompt + what was generated
+            assert r.ctx.tokens[: len(prompts[i])] == prompts[i]
+        assert all(len(t) > 0 for t in sampled)
+    fresh = Emulator(
+        large_base=tiny.large_base,
+        small_ft=tiny.small_ft,
+        small_base=tiny.small_base,
+        n_ctx=256,
+        base_prompt="transcript",
+    )
+    after = sampled[-1]
+    diff = np.exp(em.logprobs(msgs, after=after)) - np.exp(fresh.logprobs(msgs, after=after))
+    assert np.abs(diff).max() < 1e-3
