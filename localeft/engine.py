@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -478,7 +478,7 @@ class Emulator:
                     secs[r.label] += _timed(r.ctx.decode, [tok])
             finally:
                 if pending is not None:
-                    secs[roles[0].label] += pending.result()
+                    secs[roles[0].label] += _wait(pending)
 
 
 def _timed(fn, *args) -> float:
@@ -496,3 +496,18 @@ def _step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | No
     share = round(cores * sizes[0] / sum(sizes))
     base = min(max(share, 1), cores - 1)
     return [base] + [cores - base] * (len(sizes) - 1)
+
+
+def _wait(future: Future) -> float:
+    """The future's result, waiting out a Ctrl-C (re-raised afterwards): a context must never be
+    decoding in the background when the next generation starts."""
+    interrupted = False
+    while True:
+        try:
+            result = future.result()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
