@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InvalidParameterError
 
 DROP = 50.0
+HEAD = 20.0  # nats: the head of a row that top-p tries first
 _BLOCK = 4096
 
 
@@ -136,6 +137,12 @@ class Sampler:
             if p.min_p > 0 and p.top_p == 1:
                 floor = max(floor, top + p.temperature * math.log(p.min_p))
             ids = np.flatnonzero(logits >= floor)
+        elif p.top_p < 1 and (fast := self._nucleus_from_head(logits, top, inv_t)) is not None:
+            ids, w = fast
+            if p.min_p > 0:
+                keep = w >= p.min_p * w[0]
+                ids, w = ids[keep], w[keep]
+            return Dist(ids, w / w.sum())
         elif p.top_p < 1:
             # Widen a weight threshold until the tokens above it hold top_p of the mass: the
             # nucleus (a prefix of the sorted order) lies inside that set.
@@ -164,6 +171,26 @@ class Sampler:
             keep = w >= p.min_p * w[0]
             ids, w = ids[keep], w[keep]
         return Dist(ids, w / w.sum())
+
+    def _nucleus_from_head(self, logits: np.ndarray, top: float, inv_t: float):
+        """The top-p nucleus from the tokens within HEAD nats of the top alone, when that is
+        provably exact: the rest of the vocabulary weighs at most n·e^-HEAD, and the cut is
+        taken only if it is the same for the smallest and the largest possible total mass.
+        Real models' rows are peaked, so this usually avoids an exp over the vocabulary."""
+        n = logits.size
+        ids = np.flatnonzero(logits >= top - HEAD / inv_t)
+        if ids.size > 4096:
+            return None
+        z = logits[ids].astype(np.float64)
+        order = np.argsort(-z, kind="stable")
+        ids, w = ids[order], np.exp((z[order] - top) * inv_t)
+        cum = np.cumsum(w)
+        low = cum[-1]
+        high = low + (n - ids.size) * math.exp(-HEAD)
+        cut = int(np.searchsorted(cum / low, self.params.top_p, side="left")) + 1
+        if cut > ids.size or cut != int(np.searchsorted(cum / high, self.params.top_p)) + 1:
+            return None
+        return ids[:cut], w[:cut]
 
     def _weights(self, logits: np.ndarray, top: float, inv_t: float) -> np.ndarray:
         """exp((logits − top) / T) into the preallocated buffer (top token = 1)."""
