@@ -125,3 +125,19 @@ def test_top_p_on_peaked_distributions(spike):
     for top_p in (0.5, 0.9, 0.99):
         d = Sampler(SamplingParams(temperature=0.8, top_p=top_p), 5000).dist(logits)
         assert set(d.ids.tolist()) == set(reference_kept(logits, 0.8, 0, top_p, 0.0))
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_top_p_from_the_head_of_a_large_vocabulary(top_p):
+    """A cluster of likely tokens over a long tail of unlikely ones (as real rows look): the
+    nucleus found from the head alone equals the full-sort reference."""
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal(151936) - 30).astype(np.float32)
+    logits[rng.choice(151936, 50, replace=False)] = rng.standard_normal(50) + 10
+    s = Sampler(SamplingParams(temperature=0.8, top_p=top_p), logits.size)
+    assert s._nucleus_from_head(logits, float(logits.max()), 1 / 0.8) is not None
+    d = s.dist(logits)
+    ref = reference_kept(logits, 0.8, 0, top_p, 0.0)
+    assert set(d.ids.tolist()) == set(ref)
+    got = dict(zip(d.ids.tolist(), d.probs.tolist()))
+    assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
