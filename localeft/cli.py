@@ -123,8 +123,8 @@ MODEL_OPTIONS = _stack(
     opt(
         "--no-repack",
         is_flag=True,
-        help="Don't copy quantised weights into llama.cpp's faster CPU layout: less memory "
-        "(no second copy of the weights), ~10% slower on a CPU.",
+        help="mmap the weights (shared through the page cache, faster to load) instead of "
+        "reading them into llama.cpp's faster CPU layout: ~10% slower on a CPU.",
     ),
     opt(
         "--base-prompt",

@@ -146,8 +146,8 @@ class Emulator:
     the chat template and decides end of generation. `overlap` (default: on for CPU-only runs
     with 2+ threads) decodes the base model concurrently with the others, the cores split in
     proportion to model size (measured faster than one model after another on a CPU).
-    `repack=False` keeps llama.cpp from copying quantised weights into its faster CPU layout:
-    ~11% slower CPU decoding, but no second copy of those weights in memory.
+    `repack=False` mmaps the weights (shared through the page cache, faster to load) instead
+    of reading them into llama.cpp's faster CPU layout: ~11% slower CPU decoding.
     """
 
     def __init__(
