@@ -39,3 +39,25 @@ def em(tiny):
     )
     yield e
     e.close()
+
+
+@pytest.fixture(scope="session")
+def make_em(tiny):
+    """Emulators over the tiny trio: `make_em(**overrides)`, n_ctx 256 unless given."""
+    from localeft import Emulator
+
+    made = []
+
+    def make(**overrides):
+        args = dict(
+            large_base=tiny.large_base,
+            small_ft=tiny.small_ft,
+            small_base=tiny.small_base,
+            n_ctx=256,
+        )
+        made.append(Emulator(**{**args, **overrides}))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()

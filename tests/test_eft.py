@@ -121,14 +121,9 @@ def test_padded_vocabulary_combines_over_shared_range(tiny):
     assert all(t < em.vocab.n_shared for t in g.tokens)
 
 
-def test_incompatible_vocabulary_is_a_clear_error(tiny):
+def test_incompatible_vocabulary_is_a_clear_error(tiny, make_em):
     with pytest.raises(VocabMismatchError, match=r"token \d+ is '.*' in one and '.*' in the other"):
-        Emulator(
-            large_base=tiny.large_base,
-            small_ft=tiny.incompatible,
-            small_base=tiny.small_base,
-            n_ctx=256,
-        )
+        make_em(small_ft=tiny.incompatible)
 
 
 def test_raw_logits_combination_equals_log_softmax_combination():

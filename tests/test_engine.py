@@ -43,7 +43,7 @@ def test_end_of_generation_token_stops(em, monkeypatch):
     assert g.tokens == greedy[:4]  # the EOG token itself is not part of the output
 
 
-def test_utf8_is_streamed_whole_characters(tiny, em):
+def test_utf8_is_streamed_whole_characters(em):
     model = em.models["ft"]
     toks = model.tokenize("日本€ ok", add_bos=False)
     assert len(toks) > len("日本€ ok")  # multi-byte characters span several byte tokens
@@ -82,14 +82,8 @@ def test_chat_uses_the_fine_tuned_template_for_every_role(em):
     assert g.stats.prompt_tokens == len(prompts[0]) and len(g.tokens) <= 8
 
 
-def test_chat_transcript_rendering_for_base_models(tiny):
-    em = Emulator(
-        large_base=tiny.large_base,
-        small_ft=tiny.small_ft,
-        small_base=tiny.small_base,
-        n_ctx=256,
-        base_prompt="transcript",
-    )
+def test_chat_transcript_rendering_for_base_models(make_em):
+    em = make_em(base_prompt="transcript")
     msgs = [{"role": "user", "content": "hello"}]
     prompts = em._prompts(msgs, [0, 1, 2])
     assert em.models["base"].detokenize(prompts[0]).strip() == render_transcript(msgs).strip()
@@ -97,10 +91,8 @@ def test_chat_transcript_rendering_for_base_models(tiny):
     assert em.chat(msgs, max_tokens=5).finish_reason in ("length", "eog")
 
 
-def test_model_without_template_falls_back_to_transcript(tiny):
-    em = Emulator(
-        large_base=tiny.large_base, small_ft=tiny.no_template, small_base=tiny.small_base, n_ctx=256
-    )
+def test_model_without_template_falls_back_to_transcript(tiny, make_em):
+    em = make_em(small_ft=tiny.no_template)
     assert em.chat([{"role": "user", "content": "hi"}], max_tokens=3).tokens
 
 
@@ -122,19 +114,15 @@ def test_second_chat_turn_evaluates_only_new_tokens(em):
     assert g3.stats.prompt_evaluated <= n_roles and g3.tokens == g2.tokens
 
 
-def test_generation_stops_when_the_context_is_full(tiny):
-    em = Emulator(
-        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=16
-    )
+def test_generation_stops_when_the_context_is_full(make_em):
+    em = make_em(n_ctx=16)
     for spec in (False, True):
         g = em.generate("hello", max_tokens=100, speculative=spec)
         assert g.finish_reason == "context" and 0 < len(g.tokens) <= 16
 
 
-def test_prompt_longer_than_context_is_a_clear_error(tiny):
-    em = Emulator(
-        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=16
-    )
+def test_prompt_longer_than_context_is_a_clear_error(make_em):
+    em = make_em(n_ctx=16)
     with pytest.raises(
         ContextOverflowError, match="the prompt is .* tokens but the context holds 16"
     ):
@@ -178,15 +166,13 @@ def test_bad_settings_raise_before_any_work(em, kw):
         em.stream("hello", **kw)
 
 
-def test_empty_prompt_and_bad_construction(tiny, em):
+def test_empty_prompt_and_bad_construction(tiny, em, make_em):
     with pytest.raises(InvalidParameterError, match="empty"):
         em.generate("")
     with pytest.raises(InvalidParameterError):
         Emulator(large_base=tiny.large_base, small_ft=tiny.small_ft)
     with pytest.raises(InvalidParameterError):
-        Emulator(
-            large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=0
-        )
+        make_em(n_ctx=0)
     with pytest.raises(LocaleftError):
         em.chat([])
 
@@ -198,15 +184,8 @@ def test_single_model_modes(em):
     assert len(base.tokens) == len(ft.tokens) == 6
 
 
-def test_overlapped_cpu_steps_give_the_same_tokens(tiny):
-    trio = dict(
-        large_base=tiny.large_base,
-        small_ft=tiny.small_ft,
-        small_base=tiny.small_base,
-        n_ctx=256,
-        n_threads=2,
-    )
-    together, apart = Emulator(**trio), Emulator(**trio, overlap=False)
+def test_overlapped_cpu_steps_give_the_same_tokens(make_em):
+    together, apart = make_em(n_threads=2), make_em(n_threads=2, overlap=False)
     assert together.overlap and not apart.overlap
     # the larger base model gets the larger share of the cores for single-token steps
     assert [r.ctx.n_threads_step for r in together._order] == [1, 1, 1]

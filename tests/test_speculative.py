@@ -105,15 +105,13 @@ def test_sampled_speculative_follows_the_exact_eft_distribution(em, settings):
     assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)
 
 
-def test_contexts_roll_back_to_the_accepted_prefix(tiny, em):
+def test_contexts_roll_back_to_the_accepted_prefix(em, make_em):
     """After speculative runs with rejections, continuing gives what a fresh model computes."""
     g = em.generate("a dog is", max_tokens=25, temperature=1.0, seed=3, draft_tokens=6)
     assert g.stats.accepted < g.stats.drafted  # some drafts were rejected and rolled back
     text_after = em.models["base"].detokenize(g.tokens)
     reused = em.logprobs("a dog is", after=g.tokens)
-    fresh = Emulator(
-        large_base=tiny.large_base, small_ft=tiny.small_ft, small_base=tiny.small_base, n_ctx=256
-    )
+    fresh = make_em()
     # A stale or misplaced KV entry shifts probabilities by O(0.1); what remains (~1e-5) is
     # llama.cpp computing one batch of 25 vs 25 single steps (F16 KV rounding).
     assert np.abs(np.exp(reused) - np.exp(fresh.logprobs("a dog is", after=g.tokens))).max() < 1e-3
@@ -129,16 +127,10 @@ def test_default_is_plain_decoding_on_a_cpu_and_speculative_when_asked(em):
     assert em.generate("hello", max_tokens=4, speculative=True).stats.speculative
 
 
-def test_speculative_with_different_prompt_lengths_per_role(tiny):
+def test_speculative_with_different_prompt_lengths_per_role(make_em):
     """Chat with a plain transcript for the pre-trained models: every context has its own
     prompt length and positions, and rollback must keep each consistent."""
-    em = Emulator(
-        large_base=tiny.large_base,
-        small_ft=tiny.small_ft,
-        small_base=tiny.small_base,
-        n_ctx=256,
-        base_prompt="transcript",
-    )
+    em = make_em(base_prompt="transcript")
     msgs = [{"role": "user", "content": "hello, the cat is a dog"}]
     prompts = em._prompts(msgs, [0, 1, 2])
     assert len(prompts[0]) != len(prompts[1])
@@ -153,13 +145,7 @@ def test_speculative_with_different_prompt_lengths_per_role(tiny):
         for i, r in enumerate(em._order):  # each cache holds its own prompt + what was generated
             assert r.ctx.tokens[: len(prompts[i])] == prompts[i]
         assert all(len(t) > 0 for t in sampled)
-    fresh = Emulator(
-        large_base=tiny.large_base,
-        small_ft=tiny.small_ft,
-        small_base=tiny.small_base,
-        n_ctx=256,
-        base_prompt="transcript",
-    )
+    fresh = make_em(base_prompt="transcript")
     after = sampled[-1]
     diff = np.exp(em.logprobs(msgs, after=after)) - np.exp(fresh.logprobs(msgs, after=after))
     assert np.abs(diff).max() < 1e-3
