@@ -17,7 +17,8 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 
 export CMAKE_ARGS="${CMAKE_ARGS-$(scripts/cpu-cmake-args.sh)}"
-key=$(printf '%s|%s|%s' "$version" "$CMAKE_ARGS" "$(uname -sm)" | sha256sum | cut -c1-16)
+key=$("$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])' \
+      "$version|$CMAKE_ARGS|$(uname -sm)")  # portable: macOS has no sha256sum
 wheels="${XDG_CACHE_HOME:-$HOME/.cache}/localeft/wheels/$key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $version (several minutes) with CMAKE_ARGS=$CMAKE_ARGS"
