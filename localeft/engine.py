@@ -65,7 +65,8 @@ class Stats:
 
     @property
     def ms_per_token(self) -> float:
-        return 1000 * self.decode_seconds / max(self.generated_tokens, 1)
+        n = self.generated_tokens
+        return 1000 * self.decode_seconds / n if n else 0.0
 
     @property
     def tokens_per_second(self) -> float:
