@@ -12,6 +12,7 @@ import collections
 import contextlib
 import ctypes
 import os
+import sys
 import weakref
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     line = text.decode("utf-8", "replace")
     _LOG_TAIL.append(line)
     if os.environ.get("LOCALEFT_LLAMA_LOG"):
-        print(line, end="", file=__import__("sys").stderr)
+        print(line, end="", file=sys.stderr)
 
 
 def _init_backend() -> None:

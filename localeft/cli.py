@@ -22,6 +22,7 @@ import click
 from . import __version__, registry
 from .engine import Emulator, Expert, Generation, Stats
 from .errors import LocaleftError
+from .speculative import MAX_DRAFT
 
 MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
@@ -31,6 +32,7 @@ ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
 BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
 TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
 TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
+DRAFT = click.IntRange(1, MAX_DRAFT)
 SETTABLE = {
     "beta": ("beta", BETA),
     "temp": ("temperature", TEMP),
@@ -153,9 +155,9 @@ SAMPLING_OPTIONS = _stack(
     opt("--system", metavar="TEXT", help="System message for chat prompts."),
     opt(
         "--draft",
-        type=click.IntRange(min=1),
+        type=DRAFT,
         metavar="N",
-        help="Speculative decoding with a fixed draft length N.",
+        help=f"Speculative decoding with a fixed draft length N (1-{MAX_DRAFT}).",
     ),
     opt(
         "--speculative/--no-speculative",
@@ -717,9 +719,9 @@ def check(**o):
 )
 @opt(
     "--draft",
-    type=click.IntRange(min=1),
+    type=DRAFT,
     metavar="N",
-    help="Fixed draft length (default: adaptive).",
+    help=f"Fixed draft length, 1-{MAX_DRAFT} (default: adaptive).",
 )
 @opt("--top-p", type=TOP_P, help="Sample at temperature 0.8 with this top-p (default: greedy).")
 @opt("--no-baselines", is_flag=True, help="Skip the models-alone runs.")

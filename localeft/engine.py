@@ -23,7 +23,7 @@ from .errors import ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
 from .prompts import tokenize_prompt
 from .sampling import Sampler, SamplingParams
-from .speculative import SpeculativeDecoder, use_speculative
+from .speculative import MAX_DRAFT, SpeculativeDecoder, use_speculative
 from .textstream import TextStream
 from .vocab import VocabCheck, check_vocabularies
 
@@ -372,6 +372,10 @@ class Emulator:
             raise InvalidParameterError(f"beta must be >= 0, got {beta!r}")
         if draft_tokens is not None:
             _check_positive_int("draft_tokens", draft_tokens)
+            if draft_tokens > MAX_DRAFT:
+                raise InvalidParameterError(
+                    f"draft_tokens must be <= {MAX_DRAFT}, got {draft_tokens}"
+                )
         indices = self._roles_for(mode)
         return _Job(
             indices=indices,

@@ -1,10 +1,11 @@
 """Speculative EFT decoding: the small fine-tuned model drafts, the block is verified exactly.
 
-Per iteration: the drafter (the first expert's fine-tuned model) samples k tokens from its own
-distribution q (after the same sampling transforms as the target); every other context scores the
-k drafted tokens in ONE batch (logits at every position); the EFT target p is combined at each
-position; the standard rejection rule (`accept`) keeps the output distributed exactly as plain EFT
-sampling with the same settings. Contexts roll back lazily: each `sync` keeps the common prefix.
+Per iteration: the drafter (an expert's fine-tuned model, `Emulator(drafter=i)`) samples k
+tokens from its own distribution q (after the same sampling transforms as the target); every
+other context scores the k drafted tokens in ONE batch (logits at every position); the EFT
+target p is combined at each position; the standard rejection rule (`accept`) keeps the output
+distributed exactly as plain EFT sampling with the same settings. Contexts roll back lazily:
+each `sync` keeps the common prefix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from .backend import MAX_OUTPUTS
 from .errors import ContextOverflowError
 from .sampling import Dist, Sampler
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from .engine import Emulator, Stats
 
 K_START, K_MAX = 4, 12
+MAX_DRAFT = MAX_OUTPUTS - 1  # verification asks for k + 1 logits rows in one decode
 
 
 def use_speculative(requested: bool | None, em: Emulator, draft_tokens: int | None) -> bool:
@@ -28,8 +31,8 @@ def use_speculative(requested: bool | None, em: Emulator, draft_tokens: int | No
 
     There, verifying a block of k tokens costs little more than one step (k=8: 1.24x on an
     H100). On a CPU the cost of a batch grows almost linearly with k (1.5B Q4_K_M on 2 cores:
-    k=1 36 ms, k=4 105 ms, k=12 330 ms), so drafting cannot pay for itself: measured 0.88x the
-    speed of plain EFT (docs/PERFORMANCE.md). A fixed draft length asks for it explicitly.
+    k=1 36 ms, k=4 105 ms, k=12 330 ms), so drafting cannot pay for itself: measured 0.8-0.9x
+    the speed of plain EFT (docs/PERFORMANCE.md). A fixed draft length asks for it explicitly.
     """
     if requested is not None:
         return bool(requested)

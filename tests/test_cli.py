@@ -352,6 +352,7 @@ def test_bad_model_files(tiny, tmp_path, override, needles):
         ["-c", "4"],
         ["-t", "0"],
         ["--draft", "0"],
+        ["--draft", "16"],
         ["--temp", "warm"],
         ["--mode", "huge"],
         ["--draft", "2", "--no-speculative"],

@@ -159,6 +159,7 @@ def test_missing_model_file(tiny, tmp_path):
         dict(mode="medium"),
         dict(beta=-2),
         dict(draft_tokens=0),
+        dict(draft_tokens=16),  # verification would need 17 logits rows in one decode
     ],
 )
 def test_bad_settings_raise_before_any_work(em, kw):

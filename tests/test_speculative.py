@@ -149,3 +149,10 @@ def test_speculative_with_different_prompt_lengths_per_role(make_em):
     after = sampled[-1]
     diff = np.exp(em.logprobs(msgs, after=after)) - np.exp(fresh.logprobs(msgs, after=after))
     assert np.abs(diff).max() < 1e-3
+
+
+def test_longest_allowed_draft_runs(em):
+    from localeft.speculative import MAX_DRAFT
+
+    plain = em.generate("the cat", max_tokens=40, speculative=False)
+    assert em.generate("the cat", max_tokens=40, draft_tokens=MAX_DRAFT).tokens == plain.tokens
