@@ -131,6 +131,13 @@ class _Role:
         self.label, self.ctx, self.kind = label, ctx, kind
 
 
+def _check_beta(value) -> float:
+    v = check_weight("beta", value)
+    if v < 0:
+        raise InvalidParameterError(f"beta must be >= 0, got {value!r}")
+    return v
+
+
 def _check_positive_int(name: str, value, minimum: int = 1) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -242,10 +249,7 @@ class Emulator:
 
     @beta.setter
     def beta(self, value: float) -> None:
-        v = check_weight("beta", value)
-        if v < 0:
-            raise InvalidParameterError(f"beta must be >= 0, got {value!r}")
-        self._beta = v
+        self._beta = _check_beta(value)
 
     @property
     def models(self) -> dict[str, Model]:
@@ -304,7 +308,7 @@ class Emulator:
         prompt and then the token ids `after` (to score a continuation)."""
         prompts = self._prompts(prompt, self._roles_for("eft"))
         logits = [r.ctx.sync(prompts[i] + list(after), 1)[0] for i, r in enumerate(self._order)]
-        b = self.beta if beta is None else check_weight("beta", beta)
+        b = self.beta if beta is None else _check_beta(beta)
         return log_softmax(self._combiner(b).combine(logits))
 
     def stream(self, prompt: str | Sequence[Message], **settings) -> Stream:
@@ -367,9 +371,7 @@ class Emulator:
     ) -> _Job:
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        b = self.beta if beta is None else check_weight("beta", beta)
-        if b < 0:
-            raise InvalidParameterError(f"beta must be >= 0, got {beta!r}")
+        b = self.beta if beta is None else _check_beta(beta)
         if draft_tokens is not None:
             _check_positive_int("draft_tokens", draft_tokens)
             if draft_tokens > MAX_DRAFT:

@@ -142,4 +142,8 @@ def test_raw_logits_combination_equals_log_softmax_combination():
 @pytest.mark.parametrize("beta", [-1, float("nan"), "x"])
 def test_bad_beta_is_rejected(em, beta):
     with pytest.raises(InvalidParameterError, match="beta"):
-        em.logprobs("hello", beta=beta) if beta != -1 else em.generate("hello", beta=beta)
+        em.logprobs("hello", beta=beta)
+    with pytest.raises(InvalidParameterError, match="beta"):
+        em.stream("hello", beta=beta)
+    with pytest.raises(InvalidParameterError, match="beta"):
+        em.beta = beta
