@@ -467,13 +467,9 @@ class Emulator:
         while True:
             t = clock()
             rows = [r.ctx.logits(1)[0] for r in roles]  # on a GPU this waits for the device
-            if combiner is None:
-                tok = sampler(rows[0][:n])
-            else:
-                full = [None] * len(self._order)
-                for i, row in zip(indices, rows):
-                    full[i] = row
-                tok = sampler(combiner.combine(full))
+            # With several roles, indices are every context in order: rows line up with the
+            # combiner's indices.
+            tok = sampler(rows[0][:n] if combiner is None else combiner.combine(rows))
             stats.numpy_seconds += clock() - t
             yield tok
             # Launch every decode first (GPU builds return early), read logits afterwards.
