@@ -7,8 +7,9 @@ the draft.
 
 Speed: no full sort and no Python loop over the vocabulary. The kept set is found with cheap
 threshold counts; only that (small) set is sorted. Tokens more than DROP nats below the top token
-(after temperature) are never kept: with 152k tokens their total mass is below 1e-16 of the top
-token's, under float64 resolution.
+(after temperature) are dropped: with 152k tokens their total mass is below 1e-16 of the top
+token's, under float64 resolution (a plain temperature draw, which never normalises, leaves them
+in; they cannot change its float64 sums).
 """
 
 from __future__ import annotations
@@ -82,21 +83,26 @@ class Dist:
 
     def sample(self, u: float) -> int:
         """Inverse-CDF draw with a uniform u in [0, 1)."""
-        probs = self.probs
-        if self.ids is None:  # dense: find the block first, then the token inside it
-            n = probs.size
-            sums = np.add.reduceat(probs, np.arange(0, n, _BLOCK), dtype=np.float64)
-            cum = np.cumsum(sums)
-            target = u * cum[-1]
-            b = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)
-            lo = b * _BLOCK
-            inner = np.cumsum(probs[lo : lo + _BLOCK], dtype=np.float64)
-            offset = target - (cum[b - 1] if b else 0.0)
-            j = min(int(np.searchsorted(inner, offset, side="right")), inner.size - 1)
-            return lo + j
-        cum = np.cumsum(probs)
-        j = min(int(np.searchsorted(cum, u * cum[-1], side="right")), probs.size - 1)
+        if self.ids is None:
+            return draw_dense(self.probs, u)
+        cum = np.cumsum(self.probs)
+        j = min(int(np.searchsorted(cum, u * cum[-1], side="right")), self.probs.size - 1)
         return int(self.ids[j])
+
+
+def draw_dense(weights: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw over unnormalised weights by id, with a uniform u in [0, 1): float64
+    sums of blocks pick the block, a cumulative sum inside it the token (no vocabulary-sized
+    cumsum)."""
+    n = weights.size
+    sums = np.add.reduceat(weights, np.arange(0, n, _BLOCK), dtype=np.float64)
+    cum = np.cumsum(sums)
+    target = u * cum[-1]
+    b = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)
+    lo = b * _BLOCK
+    inner = np.cumsum(weights[lo : lo + _BLOCK], dtype=np.float64)
+    offset = target - (cum[b - 1] if b else 0.0)
+    return lo + min(int(np.searchsorted(inner, offset, side="right")), inner.size - 1)
 
 
 def _count_threshold(z: np.ndarray, top: float, k: int) -> float:
@@ -196,7 +202,8 @@ class Sampler:
         """exp((logits − top) / T) into the preallocated buffer (top token = 1)."""
         buf = self._buf[: logits.size]
         np.subtract(logits, top, out=buf)
-        buf *= inv_t
+        if inv_t != 1.0:
+            buf *= inv_t
         return np.exp(buf, out=buf)
 
     def sample(self, dist: Dist) -> int:
@@ -205,6 +212,11 @@ class Sampler:
         return dist.sample(float(self.rng.random()))
 
     def __call__(self, logits: np.ndarray) -> int:
-        if self.params.greedy:
+        """One token drawn from `dist(logits)`."""
+        p = self.params
+        if p.greedy:
             return int(np.argmax(logits))
+        if not p.filtered:  # plain temperature: draw from the weights, never normalised
+            weights = self._weights(logits, float(logits.max()), 1.0 / p.temperature)
+            return draw_dense(weights, float(self.rng.random()))
         return self.sample(self.dist(logits))

@@ -84,6 +84,26 @@ def test_draws_follow_the_distribution(case):
     assert chi2 < dof + 5 * np.sqrt(2 * dof)  # ~5 sigma bound
 
 
+@pytest.mark.parametrize("via_dist", [False, True])
+def test_temperature_draws_across_blocks_follow_the_softmax(via_dist):
+    """A plain temperature draw over a vocabulary of several 4096-token blocks (the draw picks a
+    block, then a token in it): heavy tokens on both sides of block edges, the rest pooled."""
+    n = 3 * 4096 + 100
+    logits = np.full(n, -3.0, dtype=np.float32)
+    heavy = np.array([0, 17, 4095, 4096, 8191, 8192, 12287, n - 1])
+    logits[heavy] = np.linspace(0.0, 2.0, heavy.size, dtype=np.float32)
+    s = Sampler(SamplingParams(temperature=0.9, seed=11), n)
+    draws = np.array([s.sample(s.dist(logits)) if via_dist else s(logits) for _ in range(20000)])
+    z = logits.astype(np.float64) / 0.9
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    expected = np.append(p[heavy], 1 - p[heavy].sum())  # each heavy token, then the pool
+    counts = np.append([(draws == h).sum() for h in heavy], (~np.isin(draws, heavy)).sum())
+    chi2 = (((counts - 20000 * expected) ** 2) / (20000 * expected)).sum()
+    dof = heavy.size
+    assert chi2 < dof + 5 * np.sqrt(2 * dof)
+
+
 def test_same_seed_same_draws():
     logits = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
 
