@@ -2,6 +2,8 @@
 
 Hub files live in the standard Hugging Face cache (HF_HUB_CACHE / HF_HOME, read by
 huggingface_hub when it is imported), so they are shared with every other tool that uses it.
+huggingface_hub is imported on first use only: it costs ~0.2 s and ~10 MiB, which commands given
+local paths never need.
 """
 
 from __future__ import annotations
@@ -18,27 +20,11 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 has no tomllib; tomli is the same parser under its old name
     import tomli as tomllib
 
-import huggingface_hub
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    are_progress_bars_disabled,
-    disable_progress_bars,
-    enable_progress_bars,
-)
-
 from localeft.errors import ConfigError, DownloadError, ModelFileError
 
 ROLES = ("large_base", "small_ft", "small_base")
 SHIPPED_CONFIG = Path(__file__).with_name("models.toml")
 _ROLE_KEYS = {"repo", "file", "path", "size_gb"}
-# huggingface_hub's HTTP library (requests, httpx or httpx2 by version) is HfHubHTTPError's other
-# base class; its transport errors (e.g. a connection dropped mid-download) can escape unwrapped.
-_HTTP_ERRORS = tuple(c for c in HfHubHTTPError.__bases__ if c is not OSError)
 
 PathLike = str | os.PathLike
 
@@ -220,6 +206,15 @@ def _offline_error(ref: ModelRef) -> DownloadError:
 
 def _download_error(ref: ModelRef, e: BaseException) -> DownloadError:
     """Turn a huggingface_hub or network failure into a one-line DownloadError."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
     what = f"{ref.role} model {ref.label}"
     first = (str(e).strip() or type(e).__name__).splitlines()[0]
     if isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__, OfflineModeIsEnabled):
@@ -261,6 +256,8 @@ def is_cached(ref: ModelRef, cache_dir: PathLike | None = None) -> Path | None:
     if ref.path is not None:
         local = Path(ref.path).expanduser()
         return local if local.is_file() else None
+    import huggingface_hub
+
     hit = huggingface_hub.try_to_load_from_cache(ref.repo, ref.file, cache_dir=cache_dir)
     return Path(hit) if isinstance(hit, str) else None  # None, or the cached "no such file" mark
 
@@ -293,16 +290,22 @@ def resolve(
             f"{ref.role} model {ref.label} is not in the Hugging Face cache; "
             f"run `localeft pull {ref.preset or 'PRESET'}` to download it"
         )
-    silence = not progress and not are_progress_bars_disabled()
+    import huggingface_hub
+    from huggingface_hub import utils
+
+    # huggingface_hub's HTTP library (requests, httpx or httpx2 by version) is HfHubHTTPError's
+    # other base class; its transport errors (a connection dropped mid-download) escape unwrapped.
+    http_errors = tuple(c for c in utils.HfHubHTTPError.__bases__ if c is not OSError)
+    silence = not progress and not utils.are_progress_bars_disabled()
     if silence:
-        disable_progress_bars()
+        utils.disable_progress_bars()
     try:  # hf_hub_download shows progress and resumes partial downloads by itself
         return Path(huggingface_hub.hf_hub_download(ref.repo, ref.file, cache_dir=cache_dir))
-    except (OSError, *_HTTP_ERRORS) as e:  # every huggingface_hub error class is an OSError
+    except (OSError, *http_errors) as e:  # every huggingface_hub error class is an OSError
         raise _download_error(ref, e) from e
     finally:
         if silence:
-            enable_progress_bars()
+            utils.enable_progress_bars()
 
 
 def pull(

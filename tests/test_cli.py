@@ -126,6 +126,18 @@ def test_subprocess_entry_points():
         assert out.returncode == 0 and out.stdout.strip() == "localeft 0.1.0", out.stderr
 
 
+def test_local_paths_never_import_the_hub_client(tiny):
+    """huggingface_hub costs ~0.2 s of start-up and ~10 MiB: only Hub presets may load it."""
+    code = (
+        "import sys; from localeft.cli import cli; "
+        "cli(sys.argv[1:], standalone_mode=False); "
+        "sys.stderr.write(str('huggingface_hub' in sys.modules))"
+    )
+    cmd = [sys.executable, "-c", code, "generate", *trio(tiny), "-n", "2", "--raw", "hi"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr.endswith("False"), out.stderr
+
+
 def test_broken_pipe_is_quiet(tiny):
     cmd = [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "200", "--raw", "hi"]
     # the reader is gone before the first write: a deterministic EPIPE
