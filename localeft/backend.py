@@ -22,6 +22,9 @@ import numpy as np
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 
 MAX_OUTPUTS = 16
+# Tokens per llama.cpp compute pass. On a CPU, 128 prompt-processes as fast as 512 (within 3%
+# here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
+CPU_UBATCH, GPU_UBATCH = 128, 512
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=20)
 _initialised = False
 
@@ -41,6 +44,19 @@ def _init_backend() -> None:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _initialised = True
+
+
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc
+except (AttributeError, OSError):
+    _malloc_trim = None
+
+
+def _trim_heap() -> None:
+    """Hand back to the OS the heap that loading freed (llama.cpp's GGUF metadata, graph
+    reservation): ~7 MiB per model that glibc would otherwise keep."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _last_error() -> str:
@@ -95,6 +111,7 @@ class Model:
         _check_gguf_file(self.path)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
+        self.offloaded = n_gpu_layers != 0 and supports_gpu_offload()
         mmap = not repack if mmap is None else mmap
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
@@ -115,7 +132,7 @@ class Model:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._contexts: list[weakref.ref] = []
         self._pieces: dict[int, bytes] = {}
-        self._texts: list[bytes] | None = None
+        _trim_heap()
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, n_vocab={self.n_vocab})"
@@ -163,12 +180,9 @@ class Model:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
-    def token_texts(self) -> list[bytes]:
-        """Every token's vocabulary text, by id (for comparing tokenizers)."""
-        if self._texts is None:
-            get = llama_cpp.llama_vocab_get_text
-            self._texts = [get(self._vocab, i) or b"" for i in range(self.n_vocab)]
-        return self._texts
+    def token_text(self, token: int) -> bytes:
+        """A token's vocabulary text (for comparing tokenizers)."""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token) or b""
 
     def is_eog(self, token: int) -> bool:
         """End of generation, by the vocabulary's own test (eos, eot, <|im_end|>, ...)."""
@@ -204,9 +218,15 @@ class Model:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_threads_step: int | None = None,
+        n_ubatch: int | None = None,
     ) -> Context:
         ctx = Context(
-            self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_threads_step=n_threads_step
+            self,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            n_threads_step=n_threads_step,
+            n_ubatch=n_ubatch,
         )
         self._contexts.append(weakref.ref(ctx))
         return ctx
@@ -223,6 +243,7 @@ class Context:
         n_threads: int | None,
         n_batch: int = 512,
         n_threads_step: int | None = None,
+        n_ubatch: int | None = None,
     ):
         """n_threads: for batches (prompts, verification); n_threads_step: for single-token
         decode steps (defaults to n_threads; fewer when contexts decode concurrently)."""
@@ -231,7 +252,9 @@ class Context:
         threads = n_threads or default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = self.n_batch = min(n_batch, n_ctx)
+        params.n_batch = self.n_batch = min(n_batch, n_ctx)
+        default_ubatch = GPU_UBATCH if model.offloaded else CPU_UBATCH
+        params.n_ubatch = min(n_ubatch or default_ubatch, self.n_batch)
         params.n_seq_max = 1
         # Logits rows one decode may return (speculative verification needs k+1). llama.cpp
         # otherwise reserves compute memory for n_batch rows: 512 x 152k floats = 311 MB.
@@ -261,6 +284,7 @@ class Context:
         self.n_evaluated = 0  # tokens decoded over this context's life (for KV-reuse stats)
         self._dirty = False
         self._all = False
+        _trim_heap()
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
