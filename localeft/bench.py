@@ -30,7 +30,7 @@ PROMPT = [
         "prime, with a docstring and a few tests.",
     }
 ]
-LONG_PROMPT = "def fibonacci(n):\n    " * 40
+LONG_PROMPT = "def fibonacci(n):\n    " * 100  # ~500 tokens
 
 
 def peak_rss_bytes() -> int:
