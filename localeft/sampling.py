@@ -184,9 +184,10 @@ class Sampler:
         taken only if it is the same for the smallest and the largest possible total mass.
         Real models' rows are peaked, so this usually avoids an exp over the vocabulary."""
         n = logits.size
-        ids = np.flatnonzero(logits >= top - HEAD / inv_t)
-        if ids.size > 4096:
+        head = logits >= top - HEAD / inv_t
+        if np.count_nonzero(head) > 4096:  # a flat row: not worth listing
             return None
+        ids = np.flatnonzero(head)
         z = logits[ids].astype(np.float64)
         order = np.argsort(-z, kind="stable")
         ids, w = ids[order], np.exp((z[order] - top) * inv_t)
