@@ -105,16 +105,6 @@ def draw_dense(weights: np.ndarray, u: float) -> int:
     return lo + min(int(np.searchsorted(inner, offset, side="right")), inner.size - 1)
 
 
-def _count_threshold(z: np.ndarray, top: float, k: int) -> float:
-    """A threshold t with at least k logits >= t, found by widening steps below the top."""
-    delta = 1.0
-    while True:
-        t = top - delta
-        if np.count_nonzero(z >= t) >= k or delta > 1e6:
-            return t
-        delta *= 4.0
-
-
 class Sampler:
     """Applies SamplingParams to logits vectors; owns the seeded random generator."""
 
@@ -122,6 +112,19 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self._buf = np.empty(n_vocab, dtype=np.float32)
+        self._mask = np.empty(n_vocab, dtype=bool)  # x >= t tests, without allocating
+
+    def _at_least(self, x: np.ndarray, t: float) -> np.ndarray:
+        return np.greater_equal(x, t, out=self._mask[: x.size])
+
+    def _count_threshold(self, z: np.ndarray, top: float, k: int) -> float:
+        """A threshold t with at least k logits >= t, found by widening steps below the top."""
+        delta = 1.0
+        while True:
+            t = top - delta
+            if np.count_nonzero(self._at_least(z, t)) >= k or delta > 1e6:
+                return t
+            delta *= 4.0
 
     def dist(self, logits: np.ndarray) -> Dist:
         """The exact distribution sampling draws from, after every transform."""
@@ -133,16 +136,16 @@ class Sampler:
         n = logits.size
         if not p.filtered:  # dense: exp over the whole vocabulary into a preallocated buffer
             buf = self._weights(logits, top, inv_t)
-            buf[buf < math.exp(-DROP)] = 0.0
-            return Dist(None, buf / buf.sum(dtype=np.float64))
+            buf[np.less(buf, math.exp(-DROP), out=self._mask[:n])] = 0.0
+            return Dist(None, buf / buf.sum(dtype=np.float64))  # a copy: Dists outlive the call
         # Candidates: a superset of what the filters keep, found without sorting the vocabulary.
         top_k = 0 < p.top_k < n
         total = None  # the mass top-p is relative to
         if top_k:
-            floor = max(top - DROP * p.temperature, _count_threshold(logits, top, p.top_k))
+            floor = max(top - DROP * p.temperature, self._count_threshold(logits, top, p.top_k))
             if p.min_p > 0 and p.top_p == 1:
                 floor = max(floor, top + p.temperature * math.log(p.min_p))
-            ids = np.flatnonzero(logits >= floor)
+            ids = np.flatnonzero(self._at_least(logits, floor))
         elif p.top_p < 1 and (fast := self._nucleus_from_head(logits, top, inv_t)) is not None:
             ids, w = fast
             if p.min_p > 0:
@@ -158,11 +161,12 @@ class Sampler:
                 return Dist(np.array([int(np.argmax(logits))]), np.ones(1))
             for c in (1e-2, 1e-4, 1e-7, math.exp(-DROP)):
                 c = max(c, p.min_p)
-                if c == p.min_p or np.sum(buf, where=buf >= c, dtype=np.float64) >= p.top_p * total:
+                kept = np.sum(buf, where=self._at_least(buf, c), dtype=np.float64)
+                if c == p.min_p or kept >= p.top_p * total:
                     break
-            ids = np.flatnonzero(buf >= c)
+            ids = np.flatnonzero(self._at_least(buf, c))
         else:  # min-p only
-            ids = np.flatnonzero(logits >= top + p.temperature * math.log(p.min_p))
+            ids = np.flatnonzero(self._at_least(logits, top + p.temperature * math.log(p.min_p)))
         z = logits[ids].astype(np.float64)
         order = np.argsort(-z, kind="stable")
         ids, z = ids[order], z[order]
@@ -184,7 +188,7 @@ class Sampler:
         taken only if it is the same for the smallest and the largest possible total mass.
         Real models' rows are peaked, so this usually avoids an exp over the vocabulary."""
         n = logits.size
-        head = logits >= top - HEAD / inv_t
+        head = self._at_least(logits, top - HEAD / inv_t)
         if np.count_nonzero(head) > 4096:  # a flat row: not worth listing
             return None
         ids = np.flatnonzero(head)
