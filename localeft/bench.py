@@ -130,6 +130,12 @@ SAMPLING_CASES = {
     "greedy": {},
     "top_p_0.9_temp_0.8": {"temperature": 0.8, "top_p": 0.9},
     "temp_1.0": {"temperature": 1.0},
+    "top_k_40_top_p_0.95_min_p_0.05_temp_0.8": {  # llama.cpp's default chain
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.05,
+    },
 }
 
 

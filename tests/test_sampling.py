@@ -161,3 +161,33 @@ def test_top_p_from_the_head_of_a_large_vocabulary(top_p):
     assert set(d.ids.tolist()) == set(ref)
     got = dict(zip(d.ids.tolist(), d.probs.tolist()))
     assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+
+
+STEP_CASES = [  # greedy, plain temperature, top-p, top-k
+    dict(),
+    dict(temperature=1.0),
+    dict(temperature=0.8, top_p=0.9),
+    dict(temperature=1.0, top_k=40),
+]
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_a_step_allocates_nothing_vocabulary_sized(case):
+    """combine + sample reuse preallocated buffers: no 152k-sized temporaries per step (NumPy
+    reports its array memory to tracemalloc)."""
+    import tracemalloc
+
+    from localeft.eft import Combiner, Term
+
+    n = 151936
+    rng = np.random.default_rng(5)
+    rows = [(rng.standard_normal(n) * 2).astype(np.float32) for _ in range(3)]
+    rows[0][:3] += 30  # a peaked row, like a language model's
+    comb, s = Combiner(n, 0, [Term(1, 2, 1.0)]), Sampler(SamplingParams(seed=0, **case), n)
+    s(comb.combine(rows))  # warm-up
+    tracemalloc.start()
+    for _ in range(5):
+        s(comb.combine(rows))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n, peak  # the smallest vocabulary-sized array, a bool mask, is n bytes
