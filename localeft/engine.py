@@ -17,7 +17,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from .backend import Context, Model, default_threads, supports_gpu_offload
+from .backend import Context, Model, default_threads
 from .eft import Combiner, Term, check_weight, log_softmax
 from .errors import ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
@@ -187,7 +187,6 @@ class Emulator:
         if base is None or not experts:
             raise InvalidParameterError("an Emulator needs a base model and at least one expert")
         self.n_ctx = _check_positive_int("n_ctx", n_ctx, 8)
-        self.gpu_offload = n_gpu_layers != 0 and supports_gpu_offload()
         if n_threads is not None:
             _check_positive_int("n_threads", n_threads)
         if base_prompt not in ("template", "transcript"):
@@ -219,6 +218,7 @@ class Emulator:
             if p not in self._models:
                 self._models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
             keys.append((p, kind, label))
+        self.gpu_offload = any(m.offloaded for m in self._models.values())
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
         cores = n_threads or default_threads()
         step = _step_threads(
