@@ -9,7 +9,6 @@ processing speed, and peak RSS against the GGUF sizes plus KV caches.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -50,7 +49,7 @@ def peak_rss_bytes() -> int:
 def _kv_bytes(em: Emulator) -> int:
     """KV cache bytes of every context (llama.cpp allocates them at context creation)."""
     total = 0
-    for r in em._order:
+    for r in em.group.roles:
         m = r.ctx.model
         n_layer = int(m.meta(f"{m.meta('general.architecture')}.block_count") or 0)
         n_embd = int(m.meta(f"{m.meta('general.architecture')}.embedding_length") or 0)
@@ -58,19 +57,6 @@ def _kv_bytes(em: Emulator) -> int:
         kv_heads = int(m.meta(f"{m.meta('general.architecture')}.attention.head_count_kv") or heads)
         total += 2 * 2 * n_layer * r.ctx.n_ctx * n_embd * kv_heads // heads  # K and V, F16
     return total
-
-
-@contextlib.contextmanager
-def _sequential(em: Emulator):
-    """Temporarily decode one context after another, each with every core."""
-    pool, em._pool = em._pool, None
-    with contextlib.ExitStack() as stack:
-        for r in em._order:
-            stack.enter_context(r.ctx.all_threads())
-        try:
-            yield
-        finally:
-            em._pool = pool
 
 
 class _Alone:
@@ -175,7 +161,7 @@ def run(
     if speculative:
         variants["eft_speculative"] = dict(speculative=True, draft_tokens=draft_tokens)
     # prompt processing: fresh caches, a long raw prompt
-    for r in em._order:
+    for r in em.group.roles:
         r.ctx.truncate(0)
     long_prompt = LONG_PROMPT
     while len(em.models["base"].tokenize(long_prompt)) > n_ctx // 2:
@@ -183,7 +169,7 @@ def run(
     g = em.generate(long_prompt, max_tokens=1, speculative=False)
     prompt_tps = g.stats.prompt_evaluated / g.stats.prompt_seconds
     em.chat(PROMPT, max_tokens=2, speculative=False)  # warm-up
-    real_rows = [r.ctx.logits(1)[0].copy() for r in em._order]  # one real step's rows
+    real_rows = [r.ctx.logits(1)[0].copy() for r in em.group.roles]  # one real step's rows
     engine_peak = peak_rss_bytes()
 
     alone = {}
@@ -191,7 +177,7 @@ def run(
         log("loading the baselines (plain llama-cpp-python)")
         for role, path in paths.items():
             alone[role] = _Alone(path, n_ctx, n_threads, n_gpu_layers)
-        prompt_ids = em._prompts(PROMPT, [0])[0]
+        prompt_ids = em.prompt_tokens(PROMPT)["base"]
         for a in alone.values():
             a.decode_seconds(prompt_ids, 2)  # warm-up
 
@@ -204,7 +190,7 @@ def run(
         order = order[rep % len(order) :] + order[: rep % len(order)]  # alternate the order
         for name in order:
             if name == "eft_sequential":  # the same engine with overlap off, for comparison
-                with _sequential(em):
+                with em.group.sequential():
                     g = em.chat(PROMPT, **kw, speculative=False)
                 times[name].append(g.stats.decode_seconds / max(g.stats.generated_tokens, 1))
             elif name in variants:
@@ -243,7 +229,7 @@ def run(
         "prompt_tokens_per_second": prompt_tps,
         "memory": {
             "peak_rss_bytes": engine_peak,
-            "gguf_bytes": sum(m.path.stat().st_size for m in em._models.values()),
+            "gguf_bytes": sum(m.path.stat().st_size for m in em.group.models.values()),
             "kv_bytes": _kv_bytes(em),
         },
     }

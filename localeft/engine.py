@@ -1,90 +1,37 @@
-"""`Emulator`: several GGUF models driven as one exact EFT token stream.
+"""`Emulator`: the public API. Several GGUF models driven as one exact EFT token stream.
 
 prompt ─▶ render per role ─▶ contexts (one per model file) ─▶ logits views ─▶ combine ─▶ sample
                                     ▲                                                     │
                                     └──────────── feed the token to every context ◀──────┘
+
+The Emulator validates settings, renders prompts per role, picks a decoder per request
+(decoding.PlainDecoder or speculative.SpeculativeDecoder, both over the ensemble.Ensemble of
+contexts) and turns token ids into text, `Generation`s and `Stats`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, asdict
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from .backend import Context, Model, default_threads
-from .eft import Combiner, Term, check_weight, log_softmax
+from .backend import Model
+from .decoding import PlainDecoder, Stats
+from .eft import check_weight, log_softmax
+from .ensemble import Ensemble, Expert
 from .errors import ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
 from .prompts import tokenize_prompt
 from .sampling import Sampler, SamplingParams
 from .speculative import MAX_DRAFT, SpeculativeDecoder, use_speculative
 from .textstream import TextStream
-from .vocab import VocabCheck, check_vocabularies
+from .vocab import VocabCheck
 
 Mode = Literal["eft", "base", "ft"]
 MODES = ("eft", "base", "ft")
-
-
-@dataclass(frozen=True)
-class Expert:
-    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`."""
-
-    ft: str | os.PathLike
-    ref: str | os.PathLike
-    weight: float = 1.0
-
-
-@dataclass
-class Stats:
-    """What one generation cost, and where the time went."""
-
-    prompt_tokens: int = 0  # tokens in the (longest) rendered prompt
-    prompt_evaluated: int = 0  # prompt tokens actually decoded, summed over contexts (KV reuse)
-    generated_tokens: int = 0
-    seconds: float = 0.0
-    prompt_seconds: float = 0.0
-    model_seconds: dict[str, float] = field(default_factory=dict)  # decode + logits, per context
-    numpy_seconds: float = 0.0  # combine + sample
-    speculative: bool = False
-    draft_tokens: int = 0  # k when fixed, the last k when adaptive
-    drafted: int = 0
-    accepted: int = 0
-    verifications: int = 0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
-
-    @property
-    def decode_seconds(self) -> float:
-        return self.seconds - self.prompt_seconds
-
-    @property
-    def ms_per_token(self) -> float:
-        n = self.generated_tokens
-        return 1000 * self.decode_seconds / n if n else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def mean_accepted(self) -> float:
-        return self.accepted / self.verifications if self.verifications else 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("ms_per_token", "tokens_per_second", "acceptance_rate", "mean_accepted"):
-            d[k] = getattr(self, k)
-        return d
 
 
 @dataclass
@@ -122,13 +69,6 @@ class _Job:
     mode: str
     speculative: bool
     draft_tokens: int | None
-
-
-class _Role:
-    """One context as seen by the engine: which model, which prompt rendering."""
-
-    def __init__(self, label: str, ctx: Context, kind: str):
-        self.label, self.ctx, self.kind = label, ctx, kind
 
 
 def _check_beta(value) -> float:
@@ -201,46 +141,18 @@ class Emulator:
         ]
         self.beta = beta  # validated by the setter
 
-        self._models: dict[Path, Model] = {}
-        self._roles: dict[tuple[Path, str], _Role] = {}
-        many = len(self.experts) > 1
-        specs = [(base, "base", "base")] + [
-            spec
-            for i, e in enumerate(self.experts)
-            for spec in (
-                (e.ft, "ft", f"ft{i}" if many else "ft"),
-                (e.ref, "base", f"ref{i}" if many else "ref"),
-            )
-        ]
-        keys = []
-        for path, kind, label in specs:
-            p = Path(path).expanduser().resolve()
-            if p not in self._models:
-                self._models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
-            keys.append((p, kind, label))
-        self.gpu_offload = any(m.offloaded for m in self._models.values())
-        unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
-        cores = n_threads or default_threads()
-        step = _step_threads(
-            [self._models[p].size_bytes for p, _ in unique],
-            cores,
-            enabled=overlap is not False and not self.gpu_offload,
+        self.group = Ensemble(
+            base,
+            self.experts,
+            drafter=drafter,
+            n_ctx=self.n_ctx,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=n_threads,
+            overlap=overlap,
+            repack=repack,
         )
-        self.overlap = step is not None
-        for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
-            label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
-            ctx = self._models[p].new_context(self.n_ctx, cores, n_threads_step=n_step)
-            self._roles[(p, kind)] = _Role(label, ctx, kind)
-        index = {key: i for i, key in enumerate(self._roles)}
-        at = [index[(p, kind)] for p, kind, _ in keys]
-        self._base = at[0]
-        self._terms_raw = [
-            (at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(self.experts)
-        ]
-        self.vocab: VocabCheck = check_vocabularies(list(self._models.values()))
-        self._drafter = self._terms_raw[drafter][0]  # context of the fine-tuned model that drafts
-        self._order = list(self._roles.values())
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft") if self.overlap else None
+        self.gpu_offload = self.group.gpu_offload
+        self.overlap = self.group.overlap
 
     # --- settings --------------------------------------------------------------------------
     @property
@@ -252,21 +164,12 @@ class Emulator:
         self._beta = _check_beta(value)
 
     @property
-    def models(self) -> dict[str, Model]:
-        return {r.label: r.ctx.model for r in self._order}
-
-    def _combiner(self, beta: float, rows: int = 1) -> Combiner:
-        terms = [Term(ft, ref, beta * w) for ft, ref, w in self._terms_raw]
-        return Combiner(self.vocab.n_shared, self._base, terms, max_rows=rows)
-
-    def _roles_for(self, mode: str) -> list[int]:
-        if mode == "eft":
-            return list(range(len(self._order)))
-        return [self._base] if mode == "base" else [self._drafter]
+    def vocab(self) -> VocabCheck:
+        return self.group.vocab
 
     @property
-    def _ft_model(self) -> Model:
-        return self._order[self._drafter].ctx.model
+    def models(self) -> dict[str, Model]:
+        return {r.label: r.model for r in self.group.roles}
 
     # --- prompts ---------------------------------------------------------------------------
     def _prompts(self, prompt: str | Sequence[Message], indices: list[int]) -> dict[int, list[int]]:
@@ -277,7 +180,7 @@ class Emulator:
             texts = {"ft": prompt, "base": prompt}
         else:
             messages = check_messages(prompt)
-            templated = render_template(self._ft_model, messages)
+            templated = render_template(self.group.ft_model, messages)
             texts = {
                 "ft": templated,
                 "base": templated
@@ -286,8 +189,8 @@ class Emulator:
             }
         out = {}
         for i in indices:
-            r = self._order[i]
-            toks = tokenize_prompt(r.ctx.model, texts[r.kind])
+            r = self.group.roles[i]
+            toks = tokenize_prompt(r.model, texts[r.kind])
             if len(toks) >= self.n_ctx:
                 raise ContextOverflowError(
                     f"the prompt is {len(toks)} tokens but the context holds {self.n_ctx}; "
@@ -297,6 +200,11 @@ class Emulator:
         return out
 
     # --- public API ------------------------------------------------------------------------
+    def prompt_tokens(self, prompt: str | Sequence[Message]) -> dict[str, list[int]]:
+        """The token ids each context sees for this prompt, by role label (base, ft, ref)."""
+        prompts = self._prompts(prompt, self.group.indices("eft"))
+        return {self.group.roles[i].label: toks for i, toks in prompts.items()}
+
     def logprobs(
         self,
         prompt: str | Sequence[Message],
@@ -306,10 +214,14 @@ class Emulator:
     ) -> np.ndarray:
         """EFT log-probabilities (float64) of the next token over the shared vocabulary, after the
         prompt and then the token ids `after` (to score a continuation)."""
-        prompts = self._prompts(prompt, self._roles_for("eft"))
-        logits = [r.ctx.sync(prompts[i] + list(after), 1)[0] for i, r in enumerate(self._order)]
+        group = self.group
         b = self.beta if beta is None else _check_beta(beta)
-        return log_softmax(self._combiner(b).combine(logits))
+        prompts = self._prompts(prompt, group.indices("eft"))
+        with group.lock:
+            group.owner = None
+            group.prefill({i: toks + list(after) for i, toks in prompts.items()})
+            rows = [r[0] for r in group.rows(prompts)]
+            return log_softmax(group.combiner(b).combine(rows))
 
     def stream(self, prompt: str | Sequence[Message], **settings) -> Stream:
         """Stream text pieces; a str prompt is raw completion, a list of messages is chat.
@@ -339,12 +251,7 @@ class Emulator:
         return s.generation
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-        for r in self._order:
-            r.ctx.close()
-        for m in self._models.values():
-            m.close()
+        self.group.close()
 
     def __enter__(self) -> Emulator:
         return self
@@ -352,7 +259,7 @@ class Emulator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- one request -----------------------------------------------------------------------
     def _prepare(
         self,
         prompt,
@@ -378,7 +285,7 @@ class Emulator:
                 raise InvalidParameterError(
                     f"draft_tokens must be <= {MAX_DRAFT}, got {draft_tokens}"
                 )
-        indices = self._roles_for(mode)
+        indices = self.group.indices(mode)
         return _Job(
             indices=indices,
             prompts=self._prompts(prompt, indices),
@@ -387,38 +294,31 @@ class Emulator:
             stops=[stop] if isinstance(stop, str) and stop else [x for x in (stop or []) if x],
             beta=b,
             mode=mode,
-            speculative=mode == "eft" and use_speculative(speculative, self, draft_tokens),
+            speculative=mode == "eft"
+            and use_speculative(speculative, self.gpu_offload, draft_tokens),
             draft_tokens=draft_tokens,
         )
 
-    def _run(self, job: _Job, out: Stream) -> Iterator[str]:
-        indices, prompts, stops, mode = job.indices, job.prompts, job.stops, job.mode
-        t0 = time.perf_counter()
-        stats = Stats(
-            prompt_tokens=max(len(p) for p in prompts.values()), speculative=job.speculative
-        )
-        stats.model_seconds = {self._order[i].label: 0.0 for i in indices}
-        sampler = Sampler(job.params, self.vocab.n_shared)
-        eog_model = self._order[indices[0]].ctx.model if mode == "base" else self._ft_model
-
+    def _decoder(self, job: _Job, stats: Stats):
+        """The strategy for this request, over the group."""
+        args = (self.group, job.indices, job.beta, Sampler(job.params, self.vocab.n_shared), stats)
         if job.speculative:
-            producer = SpeculativeDecoder(self, job.beta, sampler, stats, job.draft_tokens).tokens(
-                prompts
-            )
-        else:
-            producer = self._plain_tokens(prompts, indices, job.beta, sampler, stats)
-        # A context that shares the CPU in overlapped EFT steps gets every core when it runs
-        # alone: one model modes, and the drafter in speculative decoding.
-        alone = indices[0] if len(indices) == 1 else self._drafter if job.speculative else None
-        cores = contextlib.ExitStack()
-        if self.overlap and alone is not None:
-            cores.enter_context(self._order[alone].ctx.all_threads())
+            return SpeculativeDecoder(*args, draft_tokens=job.draft_tokens)
+        return PlainDecoder(*args)
 
-        out_text = TextStream(stops)
+    def _run(self, job: _Job, out: Stream) -> Iterator[str]:
+        group = self.group
+        t0 = time.perf_counter()
+        stats = Stats(prompt_tokens=max(len(p) for p in job.prompts.values()))
+        producer = self._decoder(job, stats).tokens(job.prompts)
+        eog_model = group.roles[job.indices[0]].model if job.mode == "base" else group.ft_model
+        out_text = TextStream(job.stops)
         tokens: list[int] = []
         finish = "length"
         try:
-            for tok in producer:
+            while True:
+                with group.lock:  # one step at a time, whoever else holds this Emulator
+                    tok = next(producer)
                 if eog_model.is_eog(tok):
                     finish = "eog"
                     break
@@ -438,79 +338,9 @@ class Emulator:
             raise
         finally:
             producer.close()
-            cores.close()
             rest = out_text.finish() if finish != "interrupted" else ""
             stats.generated_tokens = len(tokens)
             stats.seconds = time.perf_counter() - t0
             out.generation = Generation(out_text.text, tokens, finish, stats)
         if rest:
             yield rest
-
-    def _prefill(self, prompts: dict[int, list[int]], indices: list[int], stats: Stats) -> None:
-        """Bring each context to its prompt, decoding only what its KV cache lacks."""
-        t = time.perf_counter()
-        for i in indices:
-            ctx = self._order[i].ctx
-            before = ctx.n_evaluated
-            ctx.sync(prompts[i], 1)
-            stats.prompt_evaluated += ctx.n_evaluated - before
-        stats.prompt_seconds = time.perf_counter() - t
-
-    def _plain_tokens(self, prompts, indices, beta, sampler, stats) -> Iterator[int]:
-        """One token per step: decode in every context, combine, sample."""
-        roles = [self._order[i] for i in indices]
-        combiner = self._combiner(beta) if len(indices) > 1 else None
-        n = self.vocab.n_shared
-        clock = time.perf_counter
-        self._prefill(prompts, indices, stats)
-        secs = stats.model_seconds
-        while True:
-            t = clock()
-            rows = [r.ctx.logits(1)[0] for r in roles]  # on a GPU this waits for the device
-            # With several roles, indices are every context in order: rows line up with the
-            # combiner's indices.
-            tok = sampler(rows[0][:n] if combiner is None else combiner.combine(rows))
-            stats.numpy_seconds += clock() - t
-            yield tok
-            # Launch every decode first (GPU builds return early), read logits afterwards.
-            pending = None
-            if self._pool is not None and len(roles) > 1:  # CPU: base alongside the others
-                pending = self._pool.submit(_timed, roles[0].ctx.decode, [tok])
-            try:
-                for r in roles[1:] if pending else roles:
-                    secs[r.label] += _timed(r.ctx.decode, [tok])
-            finally:
-                if pending is not None:
-                    secs[roles[0].label] += _wait(pending)
-
-
-def _timed(fn, *args) -> float:
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
-
-
-def _step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
-    """Threads for single-token steps when context 0 (the base) decodes concurrently with the
-    rest, which run one after another: cores split in proportion to model size (decode time on
-    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
-    if not enabled or cores < 2 or len(sizes) < 2:
-        return None
-    share = round(cores * sizes[0] / sum(sizes))
-    base = min(max(share, 1), cores - 1)
-    return [base] + [cores - base] * (len(sizes) - 1)
-
-
-def _wait(future: Future) -> float:
-    """The future's result, waiting out a Ctrl-C (re-raised afterwards): a context must never be
-    decoding in the background when the next generation starts."""
-    interrupted = False
-    while True:
-        try:
-            result = future.result()
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        raise KeyboardInterrupt
-    return result

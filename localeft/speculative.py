@@ -1,32 +1,31 @@
 """Speculative EFT decoding: the small fine-tuned model drafts, the block is verified exactly.
 
-Per iteration: the drafter (an expert's fine-tuned model, `Emulator(drafter=i)`) samples k
-tokens from its own distribution q (after the same sampling transforms as the target); every
-other context scores the k drafted tokens in ONE batch (logits at every position); the EFT
-target p is combined at each position; the standard rejection rule (`accept`) keeps the output
-distributed exactly as plain EFT sampling with the same settings. Contexts roll back lazily:
-each `sync` keeps the common prefix.
+A decoder beside decoding.PlainDecoder, over the same Ensemble. Per iteration the drafter (an
+expert's fine-tuned model, `Emulator(drafter=i)`) samples k tokens from its own distribution q
+(after the same sampling transforms as the target); every other context scores the k drafted
+tokens in ONE batch (logits at every position); the EFT target p is combined at each position;
+the standard rejection rule (`accept`, a pure function) keeps the output distributed exactly as
+plain EFT sampling with the same settings. Contexts roll back lazily: each `sync` keeps the
+common prefix.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .backend import MAX_OUTPUTS
+from .decoding import Decoder
 from .errors import ContextOverflowError
-from .sampling import Dist, Sampler
-
-if TYPE_CHECKING:
-    from .engine import Emulator, Stats
+from .sampling import Dist
 
 K_START, K_MAX = 4, 12
 MAX_DRAFT = MAX_OUTPUTS - 1  # verification asks for k + 1 logits rows in one decode
 
 
-def use_speculative(requested: bool | None, em: Emulator, draft_tokens: int | None) -> bool:
+def use_speculative(requested: bool | None, gpu_offload: bool, draft_tokens: int | None) -> bool:
     """None means the default: on where it is faster, i.e. when the models run on a GPU.
 
     There, verifying a block of k tokens costs little more than one step (k=8: 1.24x on an
@@ -38,7 +37,7 @@ def use_speculative(requested: bool | None, em: Emulator, draft_tokens: int | No
         return bool(requested)
     if draft_tokens is not None:
         return True
-    return em.gpu_offload
+    return gpu_offload
 
 
 def residual(p: Dist, q: Dist) -> Dist:
@@ -81,21 +80,20 @@ def accept(
     return len(draft), None
 
 
-class SpeculativeDecoder:
-    """Drives an Emulator's contexts with draft-then-verify steps; yields accepted tokens."""
+class SpeculativeDecoder(Decoder):
+    """Draft-then-verify steps over the group; yields accepted tokens. Every context is
+    brought to its tokens by `sync` at each iteration, so a decoder resumed after another
+    request used the contexts continues correctly."""
 
-    def __init__(
-        self, em: Emulator, beta: float, sampler: Sampler, stats: Stats, draft_tokens: int | None
-    ):
-        self.em, self.sampler, self.stats = em, sampler, stats
+    def __init__(self, *args, draft_tokens: int | None = None):
+        super().__init__(*args)
         self.fixed = draft_tokens is not None
         self.k = draft_tokens or K_START
         self.k_max = max(self.k, K_MAX)
-        self.combiner = em._combiner(beta, rows=self.k_max + 1)
-        self.drafter = em._drafter
-        self.n = em.vocab.n_shared
-        d_vocab = em._order[self.drafter].ctx.n_vocab
+        self.combiner = self.group.combiner(self.beta, rows=self.k_max + 1)
+        d_vocab = self.group.roles[self.group.drafter].ctx.n_vocab
         self._q_logits = np.empty((self.k_max + 1, d_vocab), dtype=np.float32)
+        self.stats.speculative = True
 
     def _adapt(self, n_accepted: int, k: int) -> None:
         if self.fixed:
@@ -103,45 +101,43 @@ class SpeculativeDecoder:
         self.k = min(self.k + 2, self.k_max) if n_accepted == k else max(1, self.k - 1)
 
     def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
-        em, stats, sampler = self.em, self.stats, self.sampler
-        roles = em._order
-        drafter = roles[self.drafter]
-        verifiers = [i for i in range(len(roles)) if i != self.drafter]
+        group, stats, sampler = self.group, self.stats, self.sampler
+        roles = group.roles
+        d = group.drafter
+        drafter = roles[d]
+        verifiers = [i for i in range(len(roles)) if i != d]
+        n = group.n_vocab
         clock = time.perf_counter
         secs = stats.model_seconds
-        em._prefill(prompts, list(range(len(roles))), stats)
+        self.prefill(prompts)
         longest = max(len(p) for p in prompts.values())
         gen: list[int] = []
         while True:
-            room = em.n_ctx - longest - len(gen)
+            room = group.n_ctx - longest - len(gen)
             if room < 1:
                 raise ContextOverflowError("context full")
             k = min(self.k, room)
             stats.draft_tokens = k
+            group.owner = self
             # Draft k tokens from q, keeping the drafter's raw logits for the target.
             t = clock()
-            row = drafter.ctx.sync(prompts[self.drafter] + gen, 1)[0]
-            qs, draft = [], []
-            for j in range(k):
-                self._q_logits[j] = row
-                q = sampler.dist(self._q_logits[j, : self.n])
-                qs.append(q)
-                draft.append(sampler.sample(q))
-                if j < k - 1:
-                    row = drafter.ctx.eval([draft[-1]], 1)[0]
+            with group.alone(d):
+                row = drafter.ctx.sync(prompts[d] + gen, 1)[0]
+                qs, draft = [], []
+                for j in range(k):
+                    self._q_logits[j] = row
+                    q = sampler.dist(self._q_logits[j, :n])
+                    qs.append(q)
+                    draft.append(sampler.sample(q))
+                    if j < k - 1:
+                        row = drafter.ctx.eval([draft[-1]], 1)[0]
             dt = clock() - t
             stats.draft_seconds += dt
             secs[drafter.label] += dt
             # Verify: every other context scores the whole block in one batch.
             t = clock()
-            for i in verifiers:
-                t1 = clock()
-                roles[i].ctx.sync_decode(prompts[i] + gen + draft, k + 1)
-                secs[roles[i].label] += clock() - t1
-            rows: list = [None] * len(roles)
-            for i in verifiers:
-                rows[i] = roles[i].ctx.logits(k + 1)
-            rows[self.drafter] = self._q_logits[:k]
+            rows = group.verify({i: prompts[i] + gen + draft for i in verifiers}, k + 1, secs)
+            rows[d] = self._q_logits[:k]
             t1 = clock()
             target = self.combiner.combine([r[:k] for r in rows])
             ps = [sampler.dist(target[j]) for j in range(k)]
@@ -149,10 +145,11 @@ class SpeculativeDecoder:
             bonus_eval = 0.0
             if rest is None:  # all accepted: the bonus token comes from p_k
                 t2 = clock()
-                self._q_logits[k] = drafter.ctx.eval([draft[-1]], 1)[0]
+                with group.alone(d):
+                    self._q_logits[k] = drafter.ctx.eval([draft[-1]], 1)[0]
                 bonus_eval = clock() - t2
                 secs[drafter.label] += bonus_eval
-                rows[self.drafter] = self._q_logits[k : k + 1]
+                rows[d] = self._q_logits[k : k + 1]
                 for i in verifiers:
                     rows[i] = roles[i].ctx.logits(k + 1)[k:]
                 rest = sampler.dist(self.combiner.combine(rows)[0])

@@ -54,7 +54,7 @@ def test_two_experts_interpolate(tiny):
         n_ctx=256,
     )
     # the shared ref is loaded once, and gets one context
-    assert len(em._models) == 4 and len(em._order) == 4
+    assert len(em.group.models) == 4 and len(em.group.roles) == 4
     toks = tokens_for(em, "the cat")
     L = lambda p: model_logits(p, toks)  # noqa: E731
     ref = eft_reference(

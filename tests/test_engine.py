@@ -104,7 +104,7 @@ def test_second_chat_turn_evaluates_only_new_tokens(em):
         {"role": "user", "content": "the cat is a dog"},
     ]
     g2 = em.chat(turn2, max_tokens=4, speculative=False)
-    n_roles = len(em._order)
+    n_roles = len(em.group.roles)
     new_tokens = g2.stats.prompt_tokens - g1.stats.prompt_tokens
     # The whole first-turn prompt is reused from every KV cache; only what follows it is decoded.
     assert 0 < g2.stats.prompt_evaluated <= n_roles * new_tokens
@@ -189,16 +189,20 @@ def test_overlapped_cpu_steps_give_the_same_tokens(make_em):
     together, apart = make_em(n_threads=2), make_em(n_threads=2, overlap=False)
     assert together.overlap and not apart.overlap
     # the larger base model gets the larger share of the cores for single-token steps
-    assert [r.ctx.n_threads_step for r in together._order] == [1, 1, 1]
+    assert [r.ctx.n_threads_step for r in together.group.roles] == [1, 1, 1]
     for kw in (dict(), dict(temperature=0.9, seed=4), dict(mode="base"), dict(draft_tokens=3)):
         a = together.generate("the cat", max_tokens=20, **kw)
         b = apart.generate("the cat", max_tokens=20, **kw)
         assert a.tokens == b.tokens, kw
-    assert [r.ctx.n_threads_step for r in together._order] == [1, 1, 1]  # restored after mode=base
+    assert [r.ctx.n_threads_step for r in together.group.roles] == [
+        1,
+        1,
+        1,
+    ]  # restored after mode=base
 
 
 def test_step_thread_split_follows_model_size():
-    from localeft.engine import _step_threads
+    from localeft.ensemble import step_threads as _step_threads
 
     assert _step_threads([4700, 680, 530], 8, enabled=True) == [6, 2, 2]
     assert _step_threads([1100, 490, 490], 2, enabled=True) == [1, 1, 1]

@@ -116,7 +116,7 @@ def test_contexts_roll_back_to_the_accepted_prefix(em, make_em):
     # llama.cpp computing one batch of 25 vs 25 single steps (F16 KV rounding).
     assert np.abs(np.exp(reused) - np.exp(fresh.logprobs("a dog is", after=g.tokens))).max() < 1e-3
     assert text_after == g.text
-    for r in em._order:  # every cache holds exactly the tokens its list says
+    for r in em.group.roles:  # every cache holds exactly the tokens its list says
         assert r.ctx.tokens[-len(g.tokens) :] == g.tokens
 
 
@@ -142,7 +142,9 @@ def test_speculative_with_different_prompt_lengths_per_role(make_em):
             em.chat(msgs, max_tokens=12, temperature=1.0, seed=s, draft_tokens=k).tokens
             for s in range(3)
         ]
-        for i, r in enumerate(em._order):  # each cache holds its own prompt + what was generated
+        for i, r in enumerate(
+            em.group.roles
+        ):  # each cache holds its own prompt + what was generated
             assert r.ctx.tokens[: len(prompts[i])] == prompts[i]
         assert all(len(t) > 0 for t in sampled)
     fresh = make_em(base_prompt="transcript")

@@ -1,0 +1,121 @@
+"""Decoding strategies over an `Ensemble`, with one interface: per-context prompts in, token
+ids out, `Stats` filled. `PlainDecoder` is here; `SpeculativeDecoder` (speculative.py) sits
+beside it. The Emulator picks one per request; neither knows about text or the Emulator.
+
+A decoder may be suspended between tokens (a stream the caller stops reading) while another
+request uses the same contexts: each one claims the group (`Ensemble.owner`) and, finding it
+claimed by someone else when resumed, brings the contexts back to its own tokens first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+from .ensemble import Ensemble
+from .sampling import Sampler
+
+
+@dataclass
+class Stats:
+    """What one generation cost, and where the time went."""
+
+    prompt_tokens: int = 0  # tokens in the (longest) rendered prompt
+    prompt_evaluated: int = 0  # prompt tokens actually decoded, summed over contexts (KV reuse)
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    prompt_seconds: float = 0.0
+    model_seconds: dict[str, float] = field(default_factory=dict)  # decode + logits, per context
+    numpy_seconds: float = 0.0  # combine + sample
+    speculative: bool = False
+    draft_tokens: int = 0  # k when fixed, the last k when adaptive
+    drafted: int = 0
+    accepted: int = 0
+    verifications: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    @property
+    def decode_seconds(self) -> float:
+        return self.seconds - self.prompt_seconds
+
+    @property
+    def ms_per_token(self) -> float:
+        n = self.generated_tokens
+        return 1000 * self.decode_seconds / n if n else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.accepted / self.verifications if self.verifications else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("ms_per_token", "tokens_per_second", "acceptance_rate", "mean_accepted"):
+            d[k] = getattr(self, k)
+        return d
+
+
+class Decoder:
+    """Base of the strategies: the group, the contexts a request runs, its sampler and stats.
+
+    `tokens(prompts)` yields token ids forever (the caller decides when to stop); it raises
+    ContextOverflowError when a context is full."""
+
+    def __init__(
+        self,
+        group: Ensemble,
+        indices: Sequence[int],
+        beta: float,
+        sampler: Sampler,
+        stats: Stats,
+    ):
+        self.group, self.indices = group, list(indices)
+        self.beta, self.sampler, self.stats = beta, sampler, stats
+        stats.model_seconds = {group.roles[i].label: 0.0 for i in self.indices}
+
+    def prefill(self, prompts: dict[int, list[int]]) -> None:
+        """Bring every context of the request to its prompt; claim the group."""
+        t = time.perf_counter()
+        self.stats.prompt_evaluated += self.group.prefill(prompts)
+        self.group.owner = self
+        self.stats.prompt_seconds += time.perf_counter() - t
+
+    def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
+        raise NotImplementedError
+
+
+class PlainDecoder(Decoder):
+    """One token per step: decode in every context, combine, sample."""
+
+    def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
+        group, indices, stats, sampler = self.group, self.indices, self.stats, self.sampler
+        combiner = group.combiner(self.beta) if len(indices) > 1 else None
+        n = group.n_vocab
+        clock = time.perf_counter
+        secs = stats.model_seconds
+        self.prefill({i: prompts[i] for i in indices})
+        generated: list[int] = []
+        solo = indices[0] if len(indices) == 1 else None  # a model alone gets every core
+        while True:
+            t = clock()
+            rows = [r[0] for r in group.rows(indices)]  # on a GPU this waits for the device
+            # With several contexts, indices are every context in order: rows line up with
+            # the combiner's indices.
+            tok = sampler(rows[0][:n] if combiner is None else combiner.combine(rows))
+            stats.numpy_seconds += clock() - t
+            yield tok
+            generated.append(tok)
+            if group.owner is self:
+                with group.alone(solo):
+                    group.step(tok, indices, secs)
+            else:  # another request used the contexts meanwhile: back to our own tokens
+                self.prefill({i: prompts[i] + generated for i in indices})

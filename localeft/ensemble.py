@@ -1,0 +1,252 @@
+"""The group of llama.cpp contexts one Emulator drives as one: which model plays which role,
+one context per (file, role kind), the shared vocabulary, and the moves every decoder needs:
+prefill, one step everywhere, a verify batch, the rows for the combiner.
+
+It knows nothing of sampling, stop strings or text: token ids in, logits views out.
+
+Roles: context 0 is the base model; each expert adds a fine-tuned context ("ft") and a
+reference context ("ref"), both shared when files repeat (one model file used as the ref of
+two experts is loaded, and run, once). Pre-trained contexts (base, refs) are "base"-kind and
+see the base rendering of a chat; fine-tuned ones are "ft"-kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .backend import Context, Model, default_threads
+from .eft import Combiner, Term
+from .vocab import VocabCheck, check_vocabularies
+
+
+@dataclass
+class Role:
+    """One context as the group sees it: its label (base, ft, ref, ft0, ref1, ...), its kind
+    ("base" for pre-trained models, "ft" for fine-tuned ones) and the context itself."""
+
+    label: str
+    ctx: Context
+    kind: str
+
+    @property
+    def model(self) -> Model:
+        return self.ctx.model
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`."""
+
+    ft: str | os.PathLike
+    ref: str | os.PathLike
+    weight: float = 1.0
+
+
+class Ensemble:
+    """Loaded models and one context per (file, kind), driven together.
+
+    `overlap` (None: on for CPU-only runs with 2+ threads) decodes the base model concurrently
+    with the others in single-token steps, the cores split in proportion to model size.
+    """
+
+    def __init__(
+        self,
+        base: str | os.PathLike,
+        experts: Sequence[Expert],
+        *,
+        drafter: int = 0,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        overlap: bool | None = None,
+        repack: bool = True,
+    ):
+        self.lock = threading.RLock()  # llama.cpp contexts are not thread-safe
+        self.owner: object | None = None  # the decoder whose state the KV caches hold
+        self.models: dict[Path, Model] = {}
+        self.roles: list[Role] = []
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            self._load(base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack):
+        many = len(experts) > 1
+        specs = [(base, "base", "base")] + [
+            spec
+            for i, e in enumerate(experts)
+            for spec in (
+                (e.ft, "ft", f"ft{i}" if many else "ft"),
+                (e.ref, "base", f"ref{i}" if many else "ref"),
+            )
+        ]
+        keys = []
+        for path, kind, label in specs:
+            p = Path(path).expanduser().resolve()
+            if p not in self.models:
+                self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
+            keys.append((p, kind, label))
+        self.gpu_offload = any(m.offloaded for m in self.models.values())
+        unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
+        cores = n_threads or default_threads()
+        step = step_threads(
+            [self.models[p].size_bytes for p, _ in unique],
+            cores,
+            enabled=overlap is not False and not self.gpu_offload,
+        )
+        self.overlap = step is not None
+        index = {}
+        for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
+            label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
+            ctx = self.models[p].new_context(n_ctx, cores, n_threads_step=n_step)
+            index[(p, kind)] = len(self.roles)
+            self.roles.append(Role(label, ctx, kind))
+        self.n_ctx = min(r.ctx.n_ctx for r in self.roles)
+        at = [index[(p, kind)] for p, kind, _ in keys]
+        self.base = at[0]
+        self.terms = [(at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(experts)]
+        self.drafter = self.terms[drafter][0]  # the fine-tuned context that drafts and runs alone
+        self.vocab: VocabCheck = check_vocabularies(list(self.models.values()))
+        if self.overlap:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
+
+    # --- what the group is -----------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        """Ids every model shares (the combined distribution's support)."""
+        return self.vocab.n_shared
+
+    @property
+    def ft_model(self) -> Model:
+        """The drafter's model: its chat template, its end-of-generation tokens."""
+        return self.roles[self.drafter].model
+
+    def indices(self, mode: str) -> list[int]:
+        """Contexts a mode runs: every one for EFT, the base or the drafter alone."""
+        if mode == "eft":
+            return list(range(len(self.roles)))
+        return [self.base] if mode == "base" else [self.drafter]
+
+    def combiner(self, beta: float, rows: int = 1) -> Combiner:
+        """The EFT formula with every expert's weight scaled by beta, over context order."""
+        terms = [Term(ft, ref, beta * w) for ft, ref, w in self.terms]
+        return Combiner(self.n_vocab, self.base, terms, max_rows=rows)
+
+    # --- moves -----------------------------------------------------------------------------
+    def prefill(self, prompts: dict[int, list[int]]) -> int:
+        """Bring each context to its token list (logits of the last position ready), decoding
+        only what its KV cache lacks; returns the number of tokens decoded."""
+        evaluated = 0
+        for i, toks in prompts.items():
+            ctx = self.roles[i].ctx
+            before = ctx.n_evaluated
+            ctx.sync_decode(toks, 1)
+            evaluated += ctx.n_evaluated - before
+        return evaluated
+
+    def rows(self, indices: Sequence[int], n: int = 1) -> list[np.ndarray]:
+        """The last decode's logits rows per context (float32 views; on a GPU this waits for
+        the device)."""
+        return [self.roles[i].ctx.logits(n) for i in indices]
+
+    def step(self, token: int, indices: Sequence[int], seconds: dict[str, float]) -> None:
+        """Decode one token in every given context. On a CPU with overlap the base decodes on
+        its own thread beside the others; otherwise every decode is launched before any
+        logits are read (GPU builds return from decode early). Adds wall time per label."""
+        roles = [self.roles[i] for i in indices]
+        pending = None
+        if self._pool is not None and len(roles) > 1 and indices[0] == self.base:
+            pending = self._pool.submit(_timed, roles[0].ctx.decode, [token])
+        try:
+            for r in roles[1:] if pending else roles:
+                seconds[r.label] += _timed(r.ctx.decode, [token])
+        finally:
+            if pending is not None:
+                seconds[roles[0].label] += _wait(pending)
+
+    def verify(
+        self, blocks: dict[int, list[int]], n_rows: int, seconds: dict[str, float]
+    ) -> list[np.ndarray | None]:
+        """Bring each given context to its token list in one batch, with logits at its last
+        n_rows positions; returns rows by context index (None where not given)."""
+        out: list[np.ndarray | None] = [None] * len(self.roles)
+        for i, toks in blocks.items():
+            seconds[self.roles[i].label] += _timed(self.roles[i].ctx.sync_decode, toks, n_rows)
+        for i in blocks:
+            out[i] = self.roles[i].ctx.logits(n_rows)
+        return out
+
+    @contextlib.contextmanager
+    def alone(self, index: int | None) -> Iterator[None]:
+        """Context `index` runs by itself meanwhile: with overlap it gets every core for its
+        single-token steps too (one-model modes, the drafter while drafting)."""
+        if index is None or not self.overlap:
+            yield
+            return
+        with self.roles[index].ctx.all_threads():
+            yield
+
+    @contextlib.contextmanager
+    def sequential(self) -> Iterator[None]:
+        """Decode one context after another meanwhile, each with every core (for comparing
+        layouts)."""
+        pool, self._pool = self._pool, None
+        with contextlib.ExitStack() as stack:
+            for r in self.roles:
+                stack.enter_context(r.ctx.all_threads())
+            try:
+                yield
+            finally:
+                self._pool = pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for r in self.roles:
+            r.ctx.close()
+        for m in self.models.values():
+            m.close()
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
+    """Threads for single-token steps when context 0 (the base) decodes concurrently with the
+    rest, which run one after another: cores split in proportion to model size (decode time on
+    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
+    if not enabled or cores < 2 or len(sizes) < 2:
+        return None
+    share = round(cores * sizes[0] / sum(sizes))
+    base = min(max(share, 1), cores - 1)
+    return [base] + [cores - base] * (len(sizes) - 1)
+
+
+def _wait(future: Future) -> float:
+    """The future's result, waiting out a Ctrl-C (re-raised afterwards): a context must never be
+    decoding in the background when the next generation starts."""
+    interrupted = False
+    while True:
+        try:
+            result = future.result()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    return result

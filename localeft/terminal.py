@@ -1,0 +1,72 @@
+"""What the commands (cli.py) and the chat REPL (repl.py) share: running a request with its
+text streamed to the terminal, the stats and note lines, and the value types of the settings
+that both options and `/set` accept (one definition per number)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .engine import Emulator, Generation, Stats
+from .speculative import MAX_DRAFT
+
+MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
+
+# One definition per number, shared by the options and the chat REPL's /set.
+BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
+TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
+TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
+DRAFT = click.IntRange(1, MAX_DRAFT)
+SETTABLE = {
+    "beta": ("beta", BETA),
+    "temp": ("temperature", TEMP),
+    "top_k": ("top_k", TOP_K),
+    "top_p": ("top_p", TOP_P),
+    "min_p": ("min_p", MIN_P),
+    "seed": ("seed", SEED),
+    "max_tokens": ("max_tokens", MAX_TOKENS),
+}
+
+
+def stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
+def run(em: Emulator, request, *, echo: bool, partial: bool = False, **kw) -> Generation | None:
+    """Generate, streaming to stdout if `echo`. Ctrl-C propagates, or with `partial` returns what
+    was generated (finish_reason "interrupted"; None if the generation never started)."""
+    stream = em.stream(request, **kw)
+    try:
+        for piece in stream:
+            if echo:
+                click.echo(piece, nl=False)
+    except KeyboardInterrupt:
+        stream.close()  # the Ctrl-C may have landed outside the engine's generator
+        if not partial:
+            raise
+    return stream.generation
+
+
+def stats_line(s: Stats, full: bool = False) -> str:
+    line = (
+        f"prompt: {s.prompt_tokens} tokens, {s.prompt_evaluated} evaluated "
+        f"({s.prompt_seconds:.2f} s) | generated: {s.generated_tokens} tokens, "
+        f"{s.tokens_per_second:.1f} tok/s ({s.ms_per_token:.1f} ms/token)"
+    )
+    if s.speculative:
+        line += (
+            f" | speculative: {s.accepted}/{s.drafted} drafted accepted "
+            f"({s.acceptance_rate:.0%}), k={s.draft_tokens}"
+        )
+    if full:
+        per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
+        line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"
+    return line
+
+
+def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
+    if g.finish_reason == "context":
+        click.echo(f"{prefix}(stopped: the context window is full; raise -c/--ctx-size)", err=True)
+    if verbose:
+        click.echo(prefix + stats_line(g.stats), err=True)
