@@ -16,7 +16,9 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 
+# RPC on everywhere: `localeft rpc-server` and `--rpc` place layers on other machines' backends.
 export CMAKE_ARGS="${CMAKE_ARGS-$(scripts/cpu-cmake-args.sh)}"
+[[ " $CMAKE_ARGS " == *" -DGGML_RPC="* ]] || CMAKE_ARGS="$CMAKE_ARGS -DGGML_RPC=ON"
 key=$("$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])' \
       "$version|$CMAKE_ARGS|$(uname -sm)")  # portable: macOS has no sha256sum
 wheels="${XDG_CACHE_HOME:-$HOME/.cache}/localeft/wheels/$key"
