@@ -12,7 +12,9 @@ import collections
 import contextlib
 import ctypes
 import os
+import signal
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -67,15 +69,63 @@ def _last_error() -> str:
     return ""
 
 
-def default_threads() -> int:
+class _LoadInterrupt:
+    """Ctrl-C during a model load. llama.cpp calls our progress callback while it reads the
+    weights; a KeyboardInterrupt raised inside a ctypes callback is only printed ("Exception
+    ignored ...") and the load goes on. So while loading, SIGINT just sets a flag, the callback
+    returns false (llama.cpp aborts the load), and the interrupt is raised afterwards."""
+
+    def __init__(self):
+        self.hit = False
+
+        @llama_cpp.llama_progress_callback
+        def progress(value: float, user_data: ctypes.c_void_p) -> bool:
+            return not self.hit
+
+        self.callback = progress
+
+    @contextlib.contextmanager
+    def watching(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals only reach the main thread
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.hit = True
+
+
+def default_threads(from_env: bool = True) -> int:
     """$LOCALEFT_THREADS, else all cores this process may use (llama-cpp-python's default of
     cores/2 halves CPU speed)."""
-    if os.environ.get("LOCALEFT_THREADS", "").isdigit():
+    if from_env and os.environ.get("LOCALEFT_THREADS", "").isdigit():
         return max(1, int(os.environ["LOCALEFT_THREADS"]))
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get without swapping (Linux MemAvailable; the
+    physical memory elsewhere), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def supports_gpu_offload() -> bool:
@@ -101,24 +151,30 @@ class Model:
         n_gpu_layers: int = 0,
         repack: bool = True,
         mmap: bool | None = None,
+        vocab_only: bool = False,
     ):
         """`repack`: llama.cpp may copy quantised weights into a faster CPU layout. With `mmap`
         the file's pages would stay mapped beside that copy (measured: peak RSS 1.5x the file),
         so by default a repacking model is read into memory instead (1.0x, same speed) and a
-        non-repacking one is mmap'd."""
+        non-repacking one is mmap'd. `vocab_only`: metadata and tokenizer, no weights (checks
+        before the real load). Ctrl-C aborts a load promptly (KeyboardInterrupt)."""
         _init_backend()
         self.path = Path(path)
-        _check_gguf_file(self.path)
+        check_gguf_file(self.path)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
-        self.offloaded = n_gpu_layers != 0 and supports_gpu_offload()
+        self.offloaded = n_gpu_layers != 0 and supports_gpu_offload() and not vocab_only
         mmap = not repack if mmap is None else mmap
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         )
         params.use_extra_bufts = repack
+        params.vocab_only = vocab_only
+        interrupt = _LoadInterrupt()
+        params.progress_callback = interrupt.callback
         _LOG_TAIL.clear()
-        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        with interrupt.watching():
+            self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             detail = _last_error()
             raise ModelFileError(
@@ -184,6 +240,37 @@ class Model:
         """A token's vocabulary text (for comparing tokenizers)."""
         return llama_cpp.llama_vocab_get_text(self._vocab, token) or b""
 
+    @property
+    def bos_id(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    def token_attr(self, token: int) -> int:
+        """llama.cpp's attribute bits of a token (LLAMA_TOKEN_ATTR_*)."""
+        return int(llama_cpp.llama_vocab_get_attr(self._vocab, token))
+
+    @staticmethod
+    def is_special_attr(attr: int) -> bool:
+        """Control and unknown tokens: what only parsed markup may produce."""
+        return bool(
+            attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN)
+        )
+
+    @staticmethod
+    def lstrips(attr: int) -> bool:
+        return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP)
+
+    @staticmethod
+    def rstrips(attr: int) -> bool:
+        return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
+
+    def unused_ids(self, n: int | None = None) -> np.ndarray:
+        """Ids below n that the vocabulary marks unused (padding such as Qwen2.5's ids past its
+        real tokens): never to be generated."""
+        n = self.n_vocab if n is None else min(n, self.n_vocab)
+        get, vocab = llama_cpp.llama_vocab_get_attr, self._vocab
+        unused = llama_cpp.LLAMA_TOKEN_ATTR_UNUSED
+        return np.array([i for i in range(n) if get(vocab, i) & unused], dtype=np.int64)
+
     def is_eog(self, token: int) -> bool:
         """End of generation, by the vocabulary's own test (eos, eot, <|im_end|>, ...)."""
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
@@ -207,6 +294,25 @@ class Model:
             buf = ctypes.create_string_buffer(n + 1)
             llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, n + 1)
         return buf.value.decode("utf-8", "replace")
+
+    def _meta_int(self, key: str) -> int | None:
+        arch = self.meta("general.architecture")
+        value = self.meta(f"{arch}.{key}")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def kv_bytes(self, n_ctx: int) -> int:
+        """Bytes of one context's F16 KV cache for n_ctx tokens, from the GGUF metadata (an
+        estimate: 0 where the metadata lacks the shapes)."""
+        n_layer = self._meta_int("block_count") or 0
+        n_embd = self._meta_int("embedding_length") or 0
+        heads = self._meta_int("attention.head_count") or 1
+        kv_heads = self._meta_int("attention.head_count_kv") or heads
+        k_len = self._meta_int("attention.key_length") or n_embd // heads
+        v_len = self._meta_int("attention.value_length") or n_embd // heads
+        return 2 * n_layer * n_ctx * kv_heads * (k_len + v_len)
 
     @property
     def chat_template(self) -> str | None:
@@ -254,7 +360,7 @@ class Context:
         params.n_ctx = n_ctx
         params.n_batch = self.n_batch = min(n_batch, n_ctx)
         default_ubatch = GPU_UBATCH if model.offloaded else CPU_UBATCH
-        params.n_ubatch = min(n_ubatch or default_ubatch, self.n_batch)
+        params.n_ubatch = self.n_ubatch = min(n_ubatch or default_ubatch, self.n_batch)
         params.n_seq_max = 1
         # Logits rows one decode may return (speculative verification needs k+1). llama.cpp
         # otherwise reserves compute memory for n_batch rows: 512 x 152k floats = 311 MB.
@@ -329,13 +435,14 @@ class Context:
             )
         if self._dirty:  # an interrupted decode may have left cells past our token list
             llama_cpp.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
-        # The final chunk holds every position that needs logits.
+        # The final chunk holds every position that needs logits. Chunks of one compute pass
+        # (n_ubatch) cost the same as bigger ones and let Ctrl-C stop a long prompt within a
+        # pass, keeping every chunk already in the cache.
         split = n - n_logits
-        bounds = sorted({*range(0, split, self.n_batch), split, n})
+        bounds = sorted({*range(0, split, self.n_ubatch), split, n})
         with self.all_threads() if n > 1 else contextlib.nullcontext():
             for a, b in zip(bounds, bounds[1:]):
                 self._decode(tokens[a:b], want_logits=(b == n), n_logits=n_logits)
-        self.n_evaluated += n
 
     def _decode(self, chunk: list[int], *, want_logits: bool, n_logits: int) -> None:
         m = len(chunk)
@@ -356,6 +463,7 @@ class Context:
                 raise ContextOverflowError(f"no room in the KV cache (n_ctx={self.n_ctx})")
             raise LocaleftError(f"llama_decode failed with code {rc} on {self.model.path.name}")
         self.tokens.extend(chunk)
+        self.n_evaluated += m
         self._n_out = n_logits if want_logits else 0
         self._dirty = False
 
@@ -401,7 +509,7 @@ class Context:
         self.decode(tokens[keep:], n_logits)
 
 
-def _check_gguf_file(path: Path) -> None:
+def check_gguf_file(path: Path) -> None:
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
     if not path.is_file():

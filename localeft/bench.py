@@ -48,15 +48,7 @@ def peak_rss_bytes() -> int:
 
 def _kv_bytes(em: Emulator) -> int:
     """KV cache bytes of every context (llama.cpp allocates them at context creation)."""
-    total = 0
-    for r in em.group.roles:
-        m = r.ctx.model
-        n_layer = int(m.meta(f"{m.meta('general.architecture')}.block_count") or 0)
-        n_embd = int(m.meta(f"{m.meta('general.architecture')}.embedding_length") or 0)
-        heads = int(m.meta(f"{m.meta('general.architecture')}.attention.head_count") or 1)
-        kv_heads = int(m.meta(f"{m.meta('general.architecture')}.attention.head_count_kv") or heads)
-        total += 2 * 2 * n_layer * r.ctx.n_ctx * n_embd * kv_heads // heads  # K and V, F16
-    return total
+    return sum(r.model.kv_bytes(r.ctx.n_ctx) for r in em.group.roles)
 
 
 class _Alone:

@@ -9,19 +9,22 @@ click's usage errors exit 2; Ctrl-C exits 130 ("interrupted"); a closed stdout p
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import sys
 import textwrap
+import warnings
 from itertools import zip_longest
+from pathlib import Path
 
 import click
 
 from . import __version__, registry
 from .engine import Emulator, Expert, Generation
-from .errors import LocaleftError
-from .repl import CHAT_HELP, ChatSession
+from .errors import ContextOverflowError, LocaleftError, LocaleftWarning
+from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
 from .speculative import MAX_DRAFT
 from .terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
 from .terminal import notes, run, stdin_is_tty
@@ -38,20 +41,49 @@ class Failure(click.ClickException):
 
 
 class _Group(click.Group):
-    """Turns deliberate errors, Ctrl-C and a closed stdout pipe into one line and an exit code."""
+    """Turns deliberate errors, Ctrl-C, bad input bytes and failed writes into one line and an
+    exit code; shows library warnings as one line each."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except LocaleftError as e:
-            raise Failure(str(e)) from None
-        except (KeyboardInterrupt, click.Abort):
-            click.echo("\nlocaleft: interrupted", err=True)
-            ctx.exit(130)
-        except BrokenPipeError:  # as the Python docs recommend (signal module, SIGPIPE note):
-            with contextlib.suppress(OSError, ValueError):  # (no real stdout under CliRunner)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            ctx.exit(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", LocaleftWarning)
+            warnings.showwarning = _show_warning
+            try:
+                result = super().invoke(ctx)
+                sys.stdout.flush()  # a full disk shows here, not in the interpreter's exit
+                return result
+            except ContextOverflowError as e:
+                raise Failure(_context_message(e)) from None
+            except LocaleftError as e:
+                raise Failure(str(e)) from None
+            except (KeyboardInterrupt, click.Abort):
+                click.echo("\nlocaleft: interrupted", err=True)
+                ctx.exit(130)
+            except UnicodeDecodeError:
+                raise Failure("the input is not valid UTF-8 text") from None
+            except BrokenPipeError:  # as the Python docs recommend (signal module, SIGPIPE note):
+                with contextlib.suppress(OSError, ValueError):  # (no real stdout in CliRunner)
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                ctx.exit(1)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT):
+                    with contextlib.suppress(OSError, ValueError):  # nothing more to write out
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    raise Failure(f"cannot write the output: {e.strerror or e}") from None
+                raise
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"localeft: warning: {message}", err=True)
+
+
+def _context_message(e: ContextOverflowError) -> str:
+    if e.tokens is None:
+        return f"{e} (-c/--ctx-size sets the context size)"
+    return (
+        f"the prompt is {e.tokens} tokens but the context holds {e.n_ctx}; "
+        "shorten it or raise -c/--ctx-size"
+    )
 
 
 class ExpertType(click.ParamType):
@@ -102,7 +134,7 @@ MODEL_OPTIONS = _stack(
     opt(
         "-ngl",
         "--gpu-layers",
-        type=int,
+        type=click.IntRange(min=-1),
         default=0,
         show_default=True,
         help="Layers to offload to the GPU (-1: all).",
@@ -236,9 +268,16 @@ def sampling(o: dict, settings: dict) -> dict:
 # --- prompts and output --------------------------------------------------------------------
 def read_prompt(prompt: str | None) -> str:
     if prompt is None or prompt == "-":
-        if prompt is None and stdin_is_tty():
+        if sys.stdin is None or (prompt is None and stdin_is_tty()):
             raise click.UsageError("give a PROMPT, or pipe one on stdin")
-        prompt = sys.stdin.read().rstrip("\n")
+        try:
+            prompt = sys.stdin.read().rstrip("\n")
+        except UnicodeDecodeError:
+            raise Failure("standard input is not valid UTF-8 text") from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes Python could not decode
+        raise Failure("the prompt is not valid UTF-8 text") from None
     if not prompt.strip():
         raise Failure("the prompt is empty")
     return prompt
@@ -260,7 +299,13 @@ def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
         "tokens": g.tokens,
         "finish_reason": g.finish_reason,
         "mode": mode,
-        "settings": {**kw, "beta": em.beta, "n_ctx": em.n_ctx, "base_prompt": em.base_prompt},
+        "settings": {
+            **kw,
+            "seed": g.seed,
+            "beta": em.beta,
+            "n_ctx": em.n_ctx,
+            "base_prompt": em.base_prompt,
+        },
         "models": {label: str(m.path) for label, m in em.models.items()},
         "stats": g.stats.as_dict(),
     }
@@ -391,13 +436,33 @@ Examples:
 @MODEL_OPTIONS
 @SAMPLING_OPTIONS
 @MODE
-def chat(mode, **o):
+@opt(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[FILE]",
+    help="Continue the latest conversation of the history (or one saved with /save).",
+)
+def chat(mode, resume, **o):
+    history = None
+    if resume == "latest":
+        history = latest_history()
+        if history is None:
+            raise Failure(f"no conversation to resume in {history_dir()}")
+    elif resume is not None and not os.path.isfile(os.path.expanduser(resume)):
+        raise Failure(f"cannot resume: no such file {resume}")
     em, settings = open_emulator(o)
     with em:
         if stdin_is_tty():
             with contextlib.suppress(ImportError):
                 import readline  # noqa: F401  (line editing and history for input())
-        ChatSession(em, sampling(o, settings), mode, o["system"], o["verbose"]).loop()
+        session = ChatSession(
+            em, sampling(o, settings), mode, o["system"], o["verbose"], history=history
+        )
+        if resume is not None and not session.load(history or resume):
+            raise Failure(f"cannot resume from {history or resume}")
+        session.loop()
 
 
 @cli.command()
@@ -420,14 +485,16 @@ def pull(preset, config, offline):
             click.echo(f"{row['role']:<11} {row['path'] or 'MISSING ' + row['label']}")
         missing = sum(not row["cached"] for row in rows)
         if missing:
+            pull_command = next(iter(p.roles.values())).pull_command
             raise Failure(
                 f"{missing} file(s) of preset {p.name} are not cached; "
-                f"run `localeft pull {p.name}` with network access"
+                f"run `{pull_command}` with network access"
             )
         return
     for role, path in registry.pull(p).items():
         click.echo(f"{role:<11} {path}")
-    click.echo(f"preset {p.name} is ready: localeft chat --preset {p.name}")
+    config_arg = f" --config {config}" if config else ""
+    click.echo(f"preset {p.name} is ready: localeft chat{config_arg} --preset {p.name}")
 
 
 @cli.command()
@@ -472,11 +539,23 @@ def check(**o):
     """
     em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
     with em:
-        for label, m in em.models.items():
+        by_path = {m.path: m for m in em.models.values()}
+        files = em.group.files
+        for label, path in files.items():
+            m = by_path[path]
             click.echo(
                 f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
                 f"n_ctx_train {m.n_ctx_train:<7} {m.path}"
             )
+        for e in em.experts:
+            ft, ref = (Path(x).expanduser().resolve() for x in (e.ft, e.ref))
+            if ft == ref:
+                warnings.warn(
+                    f"the fine-tuned and the reference model are the same file ({ft.name}): "
+                    "their delta is zero, so EFT equals the base model alone",
+                    LocaleftWarning,
+                    stacklevel=1,
+                )
         v = em.vocab
         click.echo(f"vocabulary: compatible, {v.n_shared} shared token ids")
         click.echo(
@@ -488,6 +567,8 @@ def check(**o):
                 else "none"
             )
         )
+        if v.unused.size:
+            click.echo(f"unused ids: {v.unused.size} marked unused (padding), never generated")
         ft = next(m for label, m in em.models.items() if label.startswith("ft"))
         click.echo(
             f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})"
@@ -555,4 +636,7 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
 
 
 def main() -> None:
+    if sys.stdout is None:  # started with stdout closed (`localeft ... >&-`)
+        print("localeft: error: standard output is closed", file=sys.stderr)
+        sys.exit(1)
     cli.main(prog_name="localeft")

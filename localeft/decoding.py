@@ -83,11 +83,17 @@ class Decoder:
         stats.model_seconds = {group.roles[i].label: 0.0 for i in self.indices}
 
     def prefill(self, prompts: dict[int, list[int]]) -> None:
-        """Bring every context of the request to its prompt; claim the group."""
+        """Bring every context of the request to its prompt; claim the group. Interrupted,
+        the stats still count what was evaluated (and the KV caches keep it)."""
         t = time.perf_counter()
-        self.stats.prompt_evaluated += self.group.prefill(prompts)
+        ctxs = [self.group.roles[i].ctx for i in prompts]
+        before = sum(c.n_evaluated for c in ctxs)
         self.group.owner = self
-        self.stats.prompt_seconds += time.perf_counter() - t
+        try:
+            self.group.prefill(prompts)
+        finally:
+            self.stats.prompt_evaluated += sum(c.n_evaluated for c in ctxs) - before
+            self.stats.prompt_seconds += time.perf_counter() - t
 
     def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
         raise NotImplementedError
@@ -98,8 +104,7 @@ class PlainDecoder(Decoder):
 
     def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
         group, indices, stats, sampler = self.group, self.indices, self.stats, self.sampler
-        combiner = group.combiner(self.beta) if len(indices) > 1 else None
-        n = group.n_vocab
+        combiner = group.combiner(self.beta) if len(indices) > 1 else group.single()
         clock = time.perf_counter
         secs = stats.model_seconds
         self.prefill({i: prompts[i] for i in indices})
@@ -110,7 +115,7 @@ class PlainDecoder(Decoder):
             rows = [r[0] for r in group.rows(indices)]  # on a GPU this waits for the device
             # With several contexts, indices are every context in order: rows line up with
             # the combiner's indices.
-            tok = sampler(rows[0][:n] if combiner is None else combiner.combine(rows))
+            tok = sampler(combiner.combine(rows))
             stats.numpy_seconds += clock() - t
             yield tok
             generated.append(tok)

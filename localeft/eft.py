@@ -44,10 +44,19 @@ class Combiner:
     """Combines the logits of several models into one EFT logits vector, into preallocated
     buffers (no per-step allocation of vocabulary-sized arrays)."""
 
-    def __init__(self, n_shared: int, base: int, terms: Sequence[Term], max_rows: int = 1):
+    def __init__(
+        self,
+        n_shared: int,
+        base: int,
+        terms: Sequence[Term],
+        max_rows: int = 1,
+        never: np.ndarray | None = None,
+    ):
+        """`never`: ids whose combined logit is -inf whatever the models say (padding)."""
         self.n = n_shared
         self.base = base
         self.terms = list(terms)
+        self.never = never if never is not None and never.size else None
         self._out = np.empty((max_rows, n_shared), dtype=np.float32)
         self._tmp = np.empty((max_rows, n_shared), dtype=np.float32)
 
@@ -80,6 +89,8 @@ class Combiner:
             src = out
         if src is not out:
             np.copyto(out, src)
+        if self.never is not None:
+            out[:, self.never] = -np.inf
         return out[0] if one_row else out
 
 

@@ -12,19 +12,21 @@ contexts) and turns token ids into text, `Generation`s and `Stats`.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from . import validate
 from .backend import Model
 from .decoding import PlainDecoder, Stats
-from .eft import check_weight, log_softmax
+from .eft import log_softmax
 from .ensemble import Ensemble, Expert
-from .errors import ContextOverflowError, InvalidParameterError
-from .prompts import BasePrompt, Message, check_messages, render_template, render_transcript
-from .prompts import tokenize_prompt
+from .errors import ClosedError, ContextOverflowError, InvalidParameterError
+from .prompts import BasePrompt, Message, Rendered, check_messages, render_pieces
+from .prompts import render_transcript, tokenize_prompt
 from .sampling import Sampler, SamplingParams
 from .speculative import MAX_DRAFT, SpeculativeDecoder, use_speculative
 from .textstream import TextStream
@@ -40,6 +42,7 @@ class Generation:
     tokens: list[int]
     finish_reason: str  # "eog" | "stop" | "length" | "context" | "interrupted"
     stats: Stats
+    seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
 
 
 class Stream:
@@ -49,10 +52,14 @@ class Stream:
         self._pieces = pieces
         self.generation: Generation | None = None
 
-    def __iter__(self) -> Iterator[str]:
-        return self._pieces
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
 
     def close(self) -> None:
+        """Stop generating (the Generation so far is kept, finish_reason "interrupted")."""
         self._pieces.close()
 
 
@@ -71,17 +78,26 @@ class _Job:
     draft_tokens: int | None
 
 
-def _check_beta(value) -> float:
-    v = check_weight("beta", value)
-    if v < 0:
-        raise InvalidParameterError(f"beta must be >= 0, got {value!r}")
-    return v
+def _stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) for x in stop):
+        raise InvalidParameterError(f"stop must be a string or a list of strings, got {stop!r}")
+    return [x for x in stop if x]
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _expert(e, i: int) -> Expert:
+    if not isinstance(e, Expert):
+        raise InvalidParameterError(
+            f"experts[{i}] must be an Expert(ft=..., ref=..., weight=...), got {e!r}"
+        )
+    return Expert(
+        validate.path(f"experts[{i}].ft", e.ft),
+        validate.path(f"experts[{i}].ref", e.ref),
+        validate.weight(f"experts[{i}].weight", e.weight),
+    )
 
 
 class Emulator:
@@ -96,6 +112,10 @@ class Emulator:
     proportion to model size (measured faster than one model after another on a CPU).
     `repack=False` mmaps the weights (shared through the page cache, faster to load) instead
     of reading them into llama.cpp's faster CPU layout: ~11% slower CPU decoding.
+
+    Thread-safe: requests from several threads run one at a time (llama.cpp contexts are not
+    thread-safe); a stream takes its turn token by token, and one left suspended while other
+    requests run continues correctly afterwards (its contexts are brought back first).
     """
 
     def __init__(
@@ -123,24 +143,24 @@ class Emulator:
                 )
             if any(x is None for x in trio):
                 raise InvalidParameterError("up-scaling needs large_base, small_ft and small_base")
+            for name, value in zip(("large_base", "small_ft", "small_base"), trio):
+                validate.path(name, value)
             base, experts = large_base, [Expert(ft=small_ft, ref=small_base)]
         if base is None or not experts:
             raise InvalidParameterError("an Emulator needs a base model and at least one expert")
-        self.n_ctx = _check_positive_int("n_ctx", n_ctx, 8)
+        validate.path("base", base)
+        if isinstance(experts, (str, bytes, Expert)) or not isinstance(experts, Sequence):
+            raise InvalidParameterError("experts must be a list of Expert(ft, ref, weight)")
+        self.experts = [_expert(e, i) for i, e in enumerate(experts)]
+        self.n_ctx = validate.integer("n_ctx", n_ctx, 8)
         if n_threads is not None:
-            _check_positive_int("n_threads", n_threads)
-        if base_prompt not in ("template", "transcript"):
-            raise InvalidParameterError(
-                f"base_prompt must be 'template' or 'transcript', got {base_prompt!r}"
-            )
-        self.base_prompt = base_prompt
-        if not (isinstance(drafter, int) and 0 <= drafter < len(experts)):
-            raise InvalidParameterError(f"drafter must be an expert index, got {drafter!r}")
-        self.experts = [
-            Expert(e.ft, e.ref, check_weight("expert weight", e.weight)) for e in experts
-        ]
+            validate.integer("n_threads", n_threads, 1)
+        validate.integer("n_gpu_layers", n_gpu_layers, -1)
+        self.base_prompt = validate.choice("base_prompt", base_prompt, ("template", "transcript"))
+        validate.integer("drafter", drafter, 0, len(self.experts) - 1)
+        validate.flag("overlap", overlap)
+        validate.flag("repack", repack)
         self.beta = beta  # validated by the setter
-
         self.group = Ensemble(
             base,
             self.experts,
@@ -161,7 +181,7 @@ class Emulator:
 
     @beta.setter
     def beta(self, value: float) -> None:
-        self._beta = _check_beta(value)
+        self._beta = validate.beta(value)
 
     @property
     def vocab(self) -> VocabCheck:
@@ -171,33 +191,57 @@ class Emulator:
     def models(self) -> dict[str, Model]:
         return {r.label: r.model for r in self.group.roles}
 
+    @property
+    def closed(self) -> bool:
+        return self.group.closed
+
+    def _check_open(self) -> None:
+        if self.group.closed:
+            raise ClosedError("this Emulator is closed")
+
     # --- prompts ---------------------------------------------------------------------------
-    def _prompts(self, prompt: str | Sequence[Message], indices: list[int]) -> dict[int, list[int]]:
-        """Token lists per context index, each rendered for its role."""
+    def _rendered(self, prompt: str | Sequence[Message]) -> dict[str, Rendered]:
+        """The prompt for each kind of role: raw text as it is, chat through the template."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidParameterError("the prompt is empty")
-            texts = {"ft": prompt, "base": prompt}
-        else:
-            messages = check_messages(prompt)
-            templated = render_template(self.group.ft_model, messages)
-            texts = {
-                "ft": templated,
-                "base": templated
-                if self.base_prompt == "template"
-                else render_transcript(messages),
-            }
+            _check_text(prompt)
+            raw = Rendered.raw(prompt)
+            return {"ft": raw, "base": raw}
+        messages = check_messages(prompt)
+        for m in messages:
+            _check_text(m["content"])
+        templated = render_pieces(self.group.ft_model, messages)
+        return {
+            "ft": templated,
+            "base": templated
+            if self.base_prompt == "template"
+            else Rendered.plain(render_transcript(messages)),
+        }
+
+    def _prompts(self, prompt: str | Sequence[Message], indices: list[int]) -> dict[int, list[int]]:
+        """Token lists per context index, each rendered for its role."""
+        self._check_open()
+        rendered = self._rendered(prompt)
         out = {}
         for i in indices:
             r = self.group.roles[i]
-            toks = tokenize_prompt(r.model, texts[r.kind])
+            toks = tokenize_prompt(r.model, rendered[r.kind])
             if len(toks) >= self.n_ctx:
                 raise ContextOverflowError(
                     f"the prompt is {len(toks)} tokens but the context holds {self.n_ctx}; "
-                    "shorten it or raise n_ctx"
+                    "shorten it or raise n_ctx",
+                    tokens=len(toks),
+                    n_ctx=self.n_ctx,
                 )
             out[i] = toks
         return out
+
+    def _check_ids(self, name: str, ids: Sequence[int]) -> list[int]:
+        if isinstance(ids, (str, bytes)):
+            raise InvalidParameterError(f"{name} must be a list of token ids, got {ids!r}")
+        n = self.vocab.n_shared
+        return [validate.integer(f"{name} token id", t, 0, n - 1) for t in ids]
 
     # --- public API ------------------------------------------------------------------------
     def prompt_tokens(self, prompt: str | Sequence[Message]) -> dict[str, list[int]]:
@@ -215,11 +259,20 @@ class Emulator:
         """EFT log-probabilities (float64) of the next token over the shared vocabulary, after the
         prompt and then the token ids `after` (to score a continuation)."""
         group = self.group
-        b = self.beta if beta is None else _check_beta(beta)
-        prompts = self._prompts(prompt, group.indices("eft"))
+        b = self.beta if beta is None else validate.beta(beta)
+        after = self._check_ids("after", after)
         with group.lock:
+            prompts = self._prompts(prompt, group.indices("eft"))
+            longest = max(len(p) for p in prompts.values()) + len(after)
+            if longest > self.n_ctx:
+                raise ContextOverflowError(
+                    f"prompt and continuation are {longest} tokens but the context holds "
+                    f"{self.n_ctx}; raise n_ctx",
+                    tokens=longest,
+                    n_ctx=self.n_ctx,
+                )
             group.owner = None
-            group.prefill({i: toks + list(after) for i, toks in prompts.items()})
+            group.prefill({i: toks + after for i, toks in prompts.items()})
             rows = [r[0] for r in group.rows(prompts)]
             return log_softmax(group.combiner(b).combine(rows))
 
@@ -244,14 +297,17 @@ class Emulator:
         return self._collect(messages, settings)
 
     def _collect(self, prompt, settings) -> Generation:
-        s = self.stream(prompt, **settings)
-        for _ in s:
-            pass
+        with self.group.lock:  # the whole request: other threads wait their turn
+            s = self.stream(prompt, **settings)
+            for _ in s:
+                pass
         assert s.generation is not None
         return s.generation
 
     def close(self) -> None:
-        self.group.close()
+        """Free the models (waiting for a request in progress); later calls raise ClosedError."""
+        with self.group.lock:
+            self.group.close()
 
     def __enter__(self) -> Emulator:
         return self
@@ -276,22 +332,21 @@ class Emulator:
         speculative: bool | None = None,
         draft_tokens: int | None = None,
     ) -> _Job:
-        if mode not in MODES:
-            raise InvalidParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        b = self.beta if beta is None else _check_beta(beta)
+        validate.choice("mode", mode, MODES)
+        b = self.beta if beta is None else validate.beta(beta)
         if draft_tokens is not None:
-            _check_positive_int("draft_tokens", draft_tokens)
-            if draft_tokens > MAX_DRAFT:
-                raise InvalidParameterError(
-                    f"draft_tokens must be <= {MAX_DRAFT}, got {draft_tokens}"
-                )
+            validate.integer("draft_tokens", draft_tokens, 1, MAX_DRAFT)
+        validate.flag("speculative", speculative)
+        params = SamplingParams(temperature, top_k, top_p, min_p, seed)
+        if params.seed is None and not params.greedy:  # every sampled run can be repeated
+            params = SamplingParams(temperature, top_k, top_p, min_p, secrets.randbits(31))
         indices = self.group.indices(mode)
         return _Job(
             indices=indices,
             prompts=self._prompts(prompt, indices),
-            params=SamplingParams(temperature, top_k, top_p, min_p, seed),
-            max_tokens=_check_positive_int("max_tokens", max_tokens),
-            stops=[stop] if isinstance(stop, str) and stop else [x for x in (stop or []) if x],
+            params=params,
+            max_tokens=validate.integer("max_tokens", max_tokens, 1),
+            stops=_stops(stop),
             beta=b,
             mode=mode,
             speculative=mode == "eft"
@@ -318,6 +373,7 @@ class Emulator:
         try:
             while True:
                 with group.lock:  # one step at a time, whoever else holds this Emulator
+                    self._check_open()
                     tok = next(producer)
                 if eog_model.is_eog(tok):
                     finish = "eog"
@@ -341,6 +397,16 @@ class Emulator:
             rest = out_text.finish() if finish != "interrupted" else ""
             stats.generated_tokens = len(tokens)
             stats.seconds = time.perf_counter() - t0
-            out.generation = Generation(out_text.text, tokens, finish, stats)
+            out.generation = Generation(out_text.text, tokens, finish, stats, job.params.seed)
         if rest:
             yield rest
+
+
+def _check_text(text: str) -> None:
+    """Text must be encodable as UTF-8 (a str from undecodable bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameterError(
+            "the prompt is not valid UTF-8 text (undecodable bytes in the input?)"
+        ) from None

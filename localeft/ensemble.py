@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .backend import Context, Model, default_threads
+from .backend import Context, Model, available_memory, check_gguf_file, default_threads
 from .eft import Combiner, Term
-from .vocab import VocabCheck, check_vocabularies
+from .errors import InsufficientMemoryError, LocaleftWarning
+from .vocab import check_vocabularies
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Ensemble:
         self.owner: object | None = None  # the decoder whose state the KV caches hold
         self.models: dict[Path, Model] = {}
         self.roles: list[Role] = []
+        self.closed = False
         self._pool: ThreadPoolExecutor | None = None
         try:
             self._load(base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack)
@@ -91,15 +94,18 @@ class Ensemble:
                 (e.ref, "base", f"ref{i}" if many else "ref"),
             )
         ]
-        keys = []
-        for path, kind, label in specs:
-            p = Path(path).expanduser().resolve()
-            if p not in self.models:
-                self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
-            keys.append((p, kind, label))
+        keys = [(Path(path).expanduser().resolve(), kind, label) for path, kind, label in specs]
+        files = list(dict.fromkeys(p for p, _, _ in keys))
+        # Everything that can fail cheaply fails before the first weight is read.
+        for p in files:
+            check_gguf_file(p)
+        contexts = [p for p, _ in dict.fromkeys((p, kind) for p, kind, _ in keys)]
+        self.vocab = self._precheck(files, contexts, n_ctx, n_gpu_layers)
+        for p in files:
+            self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
-        cores = n_threads or default_threads()
+        cores = _threads(n_threads)
         step = step_threads(
             [self.models[p].size_bytes for p, _ in unique],
             cores,
@@ -117,9 +123,43 @@ class Ensemble:
         self.base = at[0]
         self.terms = [(at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(experts)]
         self.drafter = self.terms[drafter][0]  # the fine-tuned context that drafts and runs alone
-        self.vocab: VocabCheck = check_vocabularies(list(self.models.values()))
+        self.files = {label: p for p, _, label in keys}  # every role, shared files included
         if self.overlap:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
+
+    @staticmethod
+    def _precheck(files: list[Path], contexts: list[Path], n_ctx: int, n_gpu_layers: int):
+        """Vocabularies, trained context and memory, from each file's metadata and tokenizer
+        alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
+        in a second, not after minutes of loading weights."""
+        heads = [Model(p, vocab_only=True) for p in files]
+        try:
+            vocab = check_vocabularies(heads)
+            for m in heads:
+                if m.n_ctx_train and n_ctx > m.n_ctx_train:
+                    warnings.warn(
+                        f"a context of {n_ctx} tokens is more than {m.path.name} was trained "
+                        f"on ({m.n_ctx_train}): expect worse text past {m.n_ctx_train} tokens",
+                        LocaleftWarning,
+                        stacklevel=4,
+                    )
+            kv_per_file = {m.path: m.kv_bytes(n_ctx) for m in heads}
+            kv = sum(kv_per_file[p] for p in contexts)
+        finally:
+            for m in heads:
+                m.close()
+        weights = 0 if n_gpu_layers else sum(p.stat().st_size for p in files)
+        free = available_memory()
+        need = weights + kv
+        if free is not None and need > free:
+            gib = 2**30
+            raise InsufficientMemoryError(
+                f"these models need about {need / gib:.1f} GiB (weights {weights / gib:.1f} + "
+                f"KV caches {kv / gib:.1f} for a context of {n_ctx} tokens) but "
+                f"{free / gib:.1f} GiB of memory is available; use a smaller context (n_ctx), "
+                "smaller quantisations, or GPU offload"
+            )
+        return vocab
 
     # --- what the group is -----------------------------------------------------------------
     @property
@@ -141,7 +181,11 @@ class Ensemble:
     def combiner(self, beta: float, rows: int = 1) -> Combiner:
         """The EFT formula with every expert's weight scaled by beta, over context order."""
         terms = [Term(ft, ref, beta * w) for ft, ref, w in self.terms]
-        return Combiner(self.n_vocab, self.base, terms, max_rows=rows)
+        return Combiner(self.n_vocab, self.base, terms, max_rows=rows, never=self.vocab.unused)
+
+    def single(self, rows: int = 1) -> Combiner:
+        """One model's logits alone (`combine([rows])`), over the shared range, padding masked."""
+        return Combiner(self.n_vocab, 0, [], max_rows=rows, never=self.vocab.unused)
 
     # --- moves -----------------------------------------------------------------------------
     def prefill(self, prompts: dict[int, list[int]]) -> int:
@@ -211,6 +255,7 @@ class Ensemble:
                 self._pool = pool
 
     def close(self) -> None:
+        self.closed = True
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -218,6 +263,22 @@ class Ensemble:
             r.ctx.close()
         for m in self.models.values():
             m.close()
+
+
+def _threads(requested: int | None) -> int:
+    """Threads per decode: as asked, but never more than the cores this process may use
+    (oversubscribed, llama.cpp's spinning workers ran 13x slower here)."""
+    cores = default_threads(from_env=False)
+    if requested is None:
+        return default_threads()
+    if requested > cores:
+        warnings.warn(
+            f"{requested} threads is more than the {cores} cores available: using {cores}",
+            LocaleftWarning,
+            stacklevel=5,
+        )
+        return cores
+    return requested
 
 
 def _timed(fn, *args) -> float:

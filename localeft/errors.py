@@ -14,11 +14,20 @@ class VocabMismatchError(LocaleftError):
 
 
 class ContextOverflowError(LocaleftError):
-    """A prompt (or prompt plus generation) does not fit the context window."""
+    """A prompt (or prompt plus generation) does not fit the context window. `tokens` and
+    `n_ctx` say by how much, for callers that phrase their own advice (the CLI names -c)."""
+
+    def __init__(self, message: str, *, tokens: int | None = None, n_ctx: int | None = None):
+        super().__init__(message)
+        self.tokens, self.n_ctx = tokens, n_ctx
 
 
 class InvalidParameterError(LocaleftError, ValueError):
     """A setting is out of range (beta, temperature, top_p, ...)."""
+
+
+class ClosedError(LocaleftError):
+    """The Emulator was closed; its models are gone."""
 
 
 class ConfigError(LocaleftError):
@@ -27,3 +36,11 @@ class ConfigError(LocaleftError):
 
 class DownloadError(LocaleftError):
     """A model could not be fetched from the Hugging Face Hub (offline, gated, missing)."""
+
+
+class InsufficientMemoryError(LocaleftError):
+    """The models and their KV caches would not fit the memory this machine has free."""
+
+
+class LocaleftWarning(UserWarning):
+    """A setting that works but is probably not what the user wants (the CLI prints one line)."""

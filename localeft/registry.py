@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from localeft.errors import ConfigError, DownloadError, ModelFileError
 ROLES = ("large_base", "small_ft", "small_base")
 SHIPPED_CONFIG = Path(__file__).with_name("models.toml")
 _ROLE_KEYS = {"repo", "file", "path", "size_gb"}
+_SETTINGS = ("beta", "temperature", "n_ctx")  # suggested settings a preset may carry
 
 PathLike = str | os.PathLike
 
@@ -39,6 +41,13 @@ class ModelRef:
     path: str | None
     size_gb: float | None
     preset: str | None = field(default=None, compare=False)  # names `localeft pull PRESET`
+    config: str | None = field(default=None, compare=False)  # the --config that defines it
+
+    @property
+    def pull_command(self) -> str:
+        """The command that downloads this file's preset, as the user must type it."""
+        config = f" --config {self.config}" if self.config else ""
+        return f"localeft pull{config} {self.preset or 'PRESET'}"
 
     @property
     def label(self) -> str:
@@ -71,6 +80,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: configuration file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -102,7 +113,7 @@ def _merge(presets: dict[str, dict], origin: dict[str, Path], data: dict, path: 
         presets[name], origin[name] = merged, path
 
 
-def _build(name: str, table: dict, path: Path) -> Preset:
+def _build(name: str, table: dict, path: Path, config: PathLike | None = None) -> Preset:
     """Validate one merged preset table and turn it into a Preset."""
 
     def bad(msg: str) -> ConfigError:
@@ -134,8 +145,16 @@ def _build(name: str, table: dict, path: Path) -> Preset:
             raise bad(f'{role}: needs repo = "ORG/NAME" and file = "x.gguf", or path = "..."')
         if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))):
             raise bad(f"{role}: size_gb must be a number")
-        roles[role] = ModelRef(role, repo, file, local, None if size is None else float(size), name)
+        size = None if size is None else float(size)
+        config_arg = None if config is None else str(config)
+        roles[role] = ModelRef(role, repo, file, local, size, name, config_arg)
     settings = {k: v for k, v in table.items() if k not in (*ROLES, "description", "notes")}
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise bad(
+            f"unknown key(s) {', '.join(unknown)}; a preset takes description, notes, "
+            f"{', '.join(_SETTINGS)} and the [{'], ['.join(ROLES)}] tables"
+        )
     for key, kind in (("beta", (int, float)), ("temperature", (int, float)), ("n_ctx", int)):
         value = settings.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, kind):
@@ -171,7 +190,7 @@ def load_presets(config: PathLike | None = None) -> tuple[dict[str, Preset], str
         _merge(tables, origin, data, path)
         if "default" in data:
             default, default_origin = data["default"], path
-    presets = {name: _build(name, table, origin[name]) for name, table in tables.items()}
+    presets = {name: _build(name, table, origin[name], config) for name, table in tables.items()}
     if not isinstance(default, str) or default not in presets:
         raise ConfigError(
             f"{default_origin}: default preset {default!r} is not defined"
@@ -200,7 +219,7 @@ def _offline_error(ref: ModelRef) -> DownloadError:
     return DownloadError(
         f"{ref.role} model {ref.label} is not in the Hugging Face cache and "
         "HF_HUB_OFFLINE is set / --offline was given; "
-        f"run `localeft pull {ref.preset or 'PRESET'}` with network access"
+        f"run `{ref.pull_command}` with network access"
     )
 
 
@@ -288,8 +307,9 @@ def resolve(
     if not download:
         raise DownloadError(
             f"{ref.role} model {ref.label} is not in the Hugging Face cache; "
-            f"run `localeft pull {ref.preset or 'PRESET'}` to download it"
+            f"run `{ref.pull_command}` to download it"
         )
+    _check_reachable(ref)
     import huggingface_hub
     from huggingface_hub import utils
 
@@ -306,6 +326,29 @@ def resolve(
     finally:
         if silence:
             utils.enable_progress_bars()
+
+
+def _check_reachable(ref: ModelRef, timeout: float = 5.0) -> None:
+    """Fail in seconds with one line when the Hub cannot be reached: huggingface_hub would
+    retry for half a minute, logging every try. Skipped behind a proxy (only it knows)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise DownloadError(
+            f"cannot download {ref.role} model {ref.label}: the Hugging Face Hub is unreachable "
+            f"({host}: {reason}); check the network connection (and any proxy or HF_ENDPOINT "
+            "setting), or use --offline with cached files"
+        ) from None
 
 
 def pull(

@@ -1,43 +1,91 @@
-"""The chat REPL behind `localeft chat`: messages, settings, /commands, streamed replies."""
+"""The chat REPL behind `localeft chat`: messages, settings, /commands, streamed replies.
+
+Nothing the user wrote is lost: every finished turn is written at once to a history file under
+the XDG state directory (`localeft chat --resume` continues the latest), Ctrl-C stops a reply
+and keeps it, cancels a multi-line message, and quits only when pressed twice at the prompt.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
+from pathlib import Path
 
 import click
 
-from .engine import Emulator, Stats
-from .errors import LocaleftError
-from .terminal import MODES, SETTABLE, notes, run, stats_line, stdin_is_tty
+from .decoding import Stats
+from .engine import Emulator
+from .errors import ContextOverflowError, LocaleftError
+from .terminal import MODES, SETTABLE, deferred_interrupts, notes, run, stats_line, stdin_is_tty
 
 CHAT_HELP = """Commands:
   /help                 this text
-  /bye                  quit (also /exit, Ctrl-D, or Ctrl-C at the prompt)
+  /bye                  quit (also /exit, Ctrl-D, or Ctrl-C twice at the prompt)
   /clear                forget the conversation (keeps the system message)
+  /retry                write the last reply again (or send a message that was interrupted)
   /set KEY VALUE        KEY: beta temp top_k top_p min_p seed max_tokens
   /set system TEXT      set (or with no TEXT, remove) the system message
   /mode eft|large|small generate with EFT, or with one model alone
   /stats                timings and KV-cache reuse of the last reply
   /save FILE            write the conversation and settings as JSON
-  \"\"\"                   start and end a multi-line message
-Ctrl-C during a reply stops it and keeps what was written."""
+  /load FILE            continue a conversation saved with /save (or from the history)
+  \"\"\"                   start and end a multi-line message (Ctrl-C cancels it)
+  //TEXT                send a message that starts with "/"
+Ctrl-C during a reply stops it and keeps what was written. Every turn is saved in the history
+(localeft chat --resume continues the latest conversation)."""
+
+COMMANDS = ("help", "bye", "exit", "quit", "clear", "retry", "set", "mode", "stats", "save", "load")
+
+
+def history_dir() -> Path:
+    """$XDG_STATE_HOME/localeft/chats (default ~/.local/state/localeft/chats)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "localeft" / "chats"
+
+
+def latest_history() -> Path | None:
+    files = sorted(history_dir().glob("*.json"))
+    return files[-1] if files else None
+
+
+def write_json(path: Path, data: dict, mkdir: bool = False) -> None:
+    """Write atomically: a crash mid-write leaves the previous file, never half of one."""
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+    os.replace(tmp, path)
 
 
 class ChatSession:
-    """The REPL: messages, settings, and the stats of every reply."""
+    """The REPL: messages, settings, and the record of every reply."""
 
-    def __init__(self, em: Emulator, kw: dict, mode: str, system: str | None, verbose: bool):
+    def __init__(
+        self,
+        em: Emulator,
+        kw: dict,
+        mode: str,
+        system: str | None,
+        verbose: bool,
+        history: Path | None = None,
+    ):
         self.em, self.kw, self.mode, self.system, self.verbose = em, kw, mode, system, verbose
         self.messages: list[dict] = []
-        self.replies: list[Stats] = []
+        self.replies: list[dict] = []  # per reply: mode, beta, sampling, seed, stats
+        self.unsent: str | None = None  # a message whose reply was interrupted before it began
         self.tty = stdin_is_tty()
+        self.history = history or history_dir() / time.strftime("%Y%m%d-%H%M%S.json")
 
     def request(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + self.messages
 
+    # --- input -----------------------------------------------------------------------------
     def input(self, prompt: str) -> str:
         line = input(prompt)
         if not self.tty:  # echo scripted input, so the transcript reads like a session
@@ -45,49 +93,150 @@ class ChatSession:
         return line
 
     def read(self) -> str | None:
-        """The next message or command; None to quit (EOF, Ctrl-C at the prompt)."""
-        try:
-            line = self.input(">>> ").strip()
+        """The next message or command; None to quit (EOF, or Ctrl-C twice at the prompt)."""
+        warned = False
+        while True:
+            try:
+                line = self.input(">>> ").strip()
+            except EOFError:
+                click.echo()
+                return None
+            except KeyboardInterrupt:
+                click.echo()
+                if warned:
+                    return None
+                click.echo("(Ctrl-C again, /bye or Ctrl-D to quit)", err=True)
+                warned = True
+                continue
             if not line.startswith('"""'):
                 return line
-            lines, body = [], line[3:]
+            block = self.read_block(line[3:])
+            if block is not None:
+                return block
+
+    def read_block(self, first: str) -> str | None:
+        """The rest of a \"\"\" message; None if Ctrl-C cancelled it (EOF ends it)."""
+        lines, body = [], first
+        try:
             while not body.rstrip().endswith('"""'):
                 lines.append(body)
                 body = self.input("... ")
-            return "\n".join(lines + [body.rstrip()[:-3]]).strip()
-        except (EOFError, KeyboardInterrupt):
-            click.echo()
+        except EOFError:
+            return "\n".join(lines).strip()
+        except KeyboardInterrupt:
+            click.echo("\n(message cancelled)", err=True)
             return None
+        return "\n".join(lines + [body.rstrip()[:-3]]).strip()
 
     def loop(self) -> None:
         click.echo("localeft chat: /help for commands, /bye to quit.")
-        while (text := self.read()) is not None:
-            if text.startswith("/"):
-                if not self.command(*text[1:].partition(" ")[::2]):
+        while True:
+            try:
+                text = self.read()
+                if text is None:
                     return
-            elif text:
-                self.reply(text)
+                if text.startswith("//"):
+                    self.reply(text[1:])
+                elif text.startswith("/") and self.is_command(text):
+                    if not self.command(*text[1:].partition(" ")[::2]):
+                        return
+                elif text:
+                    self.reply(text)
+            except KeyboardInterrupt:  # between the reply and the next prompt: nothing is lost
+                click.echo("\n(interrupted)", err=True)
 
+    @staticmethod
+    def is_command(text: str) -> bool:
+        """Known /commands, and unknown single words (a typo, not a message); "/usr/bin is
+        ..." is a message."""
+        name, _, rest = text[1:].partition(" ")
+        return name in COMMANDS or (name.isalpha() and not rest.strip())
+
+    # --- replies ---------------------------------------------------------------------------
     def reply(self, text: str) -> None:
+        self.unsent = None
         self.messages.append({"role": "user", "content": text})
-        error = "\n(interrupted before the reply began)"
+        if not self.fit():
+            self.messages.pop()
+            return
         try:
             g = run(
                 self.em, self.request(), echo=True, partial=True, mode=MODES[self.mode], **self.kw
             )
-        except LocaleftError as e:  # e.g. the conversation no longer fits the context
-            g, error = None, f"localeft: error: {e}"
-        if g is None:
-            self.messages.pop()
-            return click.echo(error, err=True)
-        if g.finish_reason == "interrupted":
-            click.echo("\n(interrupted; the partial reply is kept)", err=True)
-        else:
-            click.echo()
-        self.messages.append({"role": "assistant", "content": g.text})
-        self.replies.append(g.stats)
+        except LocaleftError as e:
+            g = None
+            click.echo(f"localeft: error: {e}", err=True)
+        with deferred_interrupts():  # the bookkeeping of a turn is never half done
+            if g is None or (g.finish_reason == "interrupted" and not g.tokens):
+                self.messages.pop()
+                if g is not None:
+                    self.unsent = text
+                    click.echo(
+                        "\n(interrupted before the reply began; /retry sends the message "
+                        "again, reusing the prompt evaluated so far)",
+                        err=True,
+                    )
+                return
+            if g.finish_reason == "interrupted":
+                click.echo("\n(interrupted; the partial reply is kept)", err=True)
+            else:
+                click.echo()
+            self.messages.append({"role": "assistant", "content": g.text})
+            self.replies.append(
+                {
+                    **g.stats.as_dict(),
+                    "mode": self.mode,
+                    "beta": self.em.beta,
+                    "sampling": {k: v for k, v in self.kw.items() if k != "seed"},
+                    "seed": g.seed,
+                    "finish_reason": g.finish_reason,
+                }
+            )
+            self.save_history()
         notes(g, self.verbose)
 
+    def fit(self) -> bool:
+        """Drop the oldest turns (never the system message) until the conversation leaves room
+        for a reply in the context; False if the newest message alone does not fit."""
+        n_ctx = self.em.n_ctx
+        room = min(self.kw.get("max_tokens", 256), n_ctx // 4)
+        dropped = 0
+        while True:
+            try:
+                longest = max(map(len, self.em.prompt_tokens(self.request()).values()))
+            except ContextOverflowError as e:
+                longest = e.tokens or n_ctx
+            if longest + room <= n_ctx or (longest < n_ctx and len(self.messages) == 1):
+                break
+            if len(self.messages) == 1:
+                click.echo(
+                    f"localeft: error: this message is {longest} tokens but the context holds "
+                    f"{n_ctx}; shorten it or restart with a larger -c/--ctx-size",
+                    err=True,
+                )
+                return False
+            del self.messages[: 2 if self.messages[1]["role"] == "assistant" else 1]
+            dropped += 1
+        if dropped:
+            click.echo(
+                f"(the conversation outgrew the {n_ctx}-token context: the oldest {dropped} "
+                "turn(s) were dropped; /clear starts over, -c/--ctx-size gives more room)",
+                err=True,
+            )
+        return True
+
+    def retry(self) -> None:
+        if self.unsent is not None:
+            return self.reply(self.unsent)
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            return click.echo("(nothing to retry)", err=True)
+        self.messages.pop()
+        if self.replies:
+            self.replies.pop()
+        text = self.messages.pop()["content"]
+        self.reply(text)
+
+    # --- commands --------------------------------------------------------------------------
     def command(self, name: str, arg: str) -> bool:
         """Run a /command; False means quit."""
         arg = arg.strip()
@@ -97,20 +246,30 @@ class ChatSession:
             click.echo(CHAT_HELP)
         elif name == "clear":
             self.messages.clear()
+            self.unsent = None
             click.echo("(conversation cleared)")
+        elif name == "retry":
+            self.retry()
         elif name == "set":
             self.set(*arg.partition(" ")[::2])
         elif name == "mode" and arg in MODES:
             self.mode = arg
             click.echo(f"(mode: {arg})")
         elif name == "stats":
-            click.echo(stats_line(self.replies[-1], True) if self.replies else "(no reply yet)")
+            click.echo(
+                stats_line(_stats(self.replies[-1]), True) if self.replies else "(no reply yet)"
+            )
         elif name == "save" and arg:
             self.save(arg)
+        elif name == "load" and arg:
+            self.load(arg)
         else:
-            usage = {"mode": "/mode eft|large|small", "save": "/save FILE"}.get(name)
+            usage = {"mode": "/mode eft|large|small", "save": "/save FILE", "load": "/load FILE"}
             click.echo(
-                f"usage: {usage}" if usage else f"unknown command /{name}; try /help", err=True
+                f"usage: {usage[name]}"
+                if name in usage
+                else f"unknown command /{name}; try /help (//TEXT sends a message starting with /)",
+                err=True,
             )
         return True
 
@@ -136,12 +295,13 @@ class ChatSession:
                 self.em.beta = v
             else:
                 self.kw[name] = v
-        except click.BadParameter as e:
-            return click.echo(f"bad value for {key}: {e.message}", err=True)
+        except (click.BadParameter, LocaleftError) as e:
+            return click.echo(f"bad value for {key}: {getattr(e, 'message', e)}", err=True)
         click.echo(f"({key} = {v})")
 
-    def save(self, path: str) -> None:
-        data = {
+    # --- files -----------------------------------------------------------------------------
+    def data(self) -> dict:
+        return {
             "messages": self.request(),
             "settings": {
                 **self.kw,
@@ -150,11 +310,49 @@ class ChatSession:
                 "n_ctx": self.em.n_ctx,
             },
             "models": {label: str(m.path) for label, m in self.em.models.items()},
-            "replies": [s.as_dict() for s in self.replies],
+            "replies": self.replies,
         }
+
+    def save_history(self) -> None:
         try:
-            with open(os.path.expanduser(path), "w", encoding="utf-8") as f:
-                json.dump(data, f, ensure_ascii=False, indent=2)
+            write_json(self.history, self.data(), mkdir=True)
+        except OSError as e:
+            click.echo(
+                f"(cannot write the history file {self.history}: {e.strerror or e})", err=True
+            )
+
+    def save(self, path: str) -> None:
+        try:
+            write_json(Path(os.path.expanduser(path)), self.data())
         except OSError as e:
             return click.echo(f"cannot save to {path}: {e.strerror or e}", err=True)
         click.echo(f"(saved {len(self.messages)} messages to {path})")
+
+    def load(self, path: str | Path) -> bool:
+        """Continue a saved conversation (its system message and turns)."""
+        try:
+            data = json.loads(Path(os.path.expanduser(path)).read_text(encoding="utf-8"))
+            messages = data["messages"]
+            if not all(
+                isinstance(m, dict)
+                and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise ValueError("a message is not {role, content}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            click.echo(f"cannot load {path}: {getattr(e, 'strerror', None) or e}", err=True)
+            return False
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        self.system = system[0] if system else self.system
+        self.messages = [m for m in messages if m["role"] != "system"]
+        self.replies = [r for r in data.get("replies", []) if isinstance(r, dict)]
+        self.unsent = None
+        click.echo(f"(loaded {len(self.messages)} messages from {path})")
+        for m in self.messages[-2:]:
+            click.echo(f"{m['role']}: {m['content']}")
+        return True
+
+
+def _stats(reply: dict) -> Stats:
+    return Stats(**{k: v for k, v in reply.items() if k in Stats.__dataclass_fields__})

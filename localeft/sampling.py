@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import validate
 from .errors import InvalidParameterError
 
 DROP = 50.0
@@ -37,20 +38,18 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        t, p, mp = self.temperature, self.top_p, self.min_p
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
-            raise InvalidParameterError(f"temperature must be a number >= 0, got {t!r}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise InvalidParameterError(
-                f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"
-            )
-        if not (isinstance(p, (int, float)) and 0 < p <= 1):
-            raise InvalidParameterError(f"top_p must be in (0, 1], got {p!r}")
-        if not (isinstance(mp, (int, float)) and 0 <= mp < 1):
-            raise InvalidParameterError(f"min_p must be in [0, 1), got {mp!r}")
-        seed = self.seed
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise InvalidParameterError(f"seed must be an integer >= 0, got {seed!r}")
+        t = validate.number("temperature", self.temperature, lo=0)
+        k = validate.integer("top_k", self.top_k, 0)
+        p = validate.number("top_p", self.top_p)
+        if not 0 < p <= 1:
+            raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        mp = validate.number("min_p", self.min_p)
+        if not 0 <= mp < 1:
+            raise InvalidParameterError(f"min_p must be in [0, 1), got {self.min_p!r}")
+        seed = None if self.seed is None else validate.integer("seed", self.seed, 0)
+        for name, value in (("temperature", t), ("top_k", k), ("top_p", p), ("min_p", mp)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "seed", seed)
 
     @property
     def greedy(self) -> bool:
@@ -109,6 +108,13 @@ def draw_dense(weights: np.ndarray, u: float) -> int:
     return lo + min(int(np.searchsorted(inner, offset, side="right")), inner.size - 1)
 
 
+def _inverse(temperature: float) -> float:
+    """1/T, capped: past 1e30 every token below the top weighs exp(-1e23) = 0 in float64 as in
+    float32, so the cap changes nothing but keeps 0 · inf (a NaN) out of the top token's
+    weight for tiny temperatures (1e-300 drew padding ids)."""
+    return min(1.0 / temperature, 1e30)
+
+
 class Sampler:
     """Applies SamplingParams to logits vectors; owns the seeded random generator."""
 
@@ -151,15 +157,15 @@ class Sampler:
         p = self.params
         if p.greedy:
             return Dist(np.array([int(np.argmax(logits))]), np.ones(1))
-        inv_t = 1.0 / p.temperature
+        inv_t = _inverse(p.temperature)
         top = float(logits.max())
         n = logits.size
-        if not p.filtered:  # dense: exp over the whole vocabulary into a preallocated buffer
+        top_k = 0 < p.top_k < n  # a top-k as large as the vocabulary keeps everything
+        if not (top_k or p.top_p < 1 or p.min_p > 0):  # dense: exp into a preallocated buffer
             buf = self._weights(logits, top, inv_t)
             buf[np.less(buf, math.exp(-DROP), out=self._mask[:n])] = 0.0
             return Dist(None, buf / buf.sum(dtype=np.float64))  # a copy: Dists outlive the call
         # Candidates: a superset of what the filters keep, found without sorting the vocabulary.
-        top_k = 0 < p.top_k < n
         total = None  # the mass top-p is relative to
         if top_k:
             floor = max(top - DROP * p.temperature, self._count_threshold(logits, top, p.top_k))
@@ -242,6 +248,6 @@ class Sampler:
         if p.greedy:
             return int(np.argmax(logits))
         if not p.filtered:  # plain temperature: draw from the weights, never normalised
-            weights = self._weights(logits, float(logits.max()), 1.0 / p.temperature)
+            weights = self._weights(logits, float(logits.max()), _inverse(p.temperature))
             return draw_dense(weights, float(self.rng.random()))
         return self.sample(self.dist(logits))

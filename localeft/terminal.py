@@ -4,7 +4,10 @@ that both options and `/set` accept (one definition per number)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -30,7 +33,7 @@ SETTABLE = {
 
 
 def stdin_is_tty() -> bool:
-    return sys.stdin.isatty()
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def run(em: Emulator, request, *, echo: bool, partial: bool = False, **kw) -> Generation | None:
@@ -69,4 +72,22 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
     if g.finish_reason == "context":
         click.echo(f"{prefix}(stopped: the context window is full; raise -c/--ctx-size)", err=True)
     if verbose:
-        click.echo(prefix + stats_line(g.stats), err=True)
+        seed = f" | seed {g.seed}" if g.seed is not None else ""
+        click.echo(prefix + stats_line(g.stats) + seed, err=True)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """A Ctrl-C inside the block takes effect when it ends: bookkeeping that must not be left
+    half done (a turn appended without its record) runs to its end first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hits:
+        raise KeyboardInterrupt

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from .backend import Model
 from .errors import VocabMismatchError
@@ -15,6 +17,8 @@ class VocabCheck:
 
     n_shared: int
     sizes: dict[str, int]
+    # ids below n_shared that some model marks unused (padding): never generated
+    unused: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def padded(self) -> bool:
@@ -44,4 +48,7 @@ def check_vocabularies(models: Sequence[Model]) -> VocabCheck:
                     f"{first.path.name} and {other.path.name} do not share a tokenizer: token "
                     f"{i} is {_show(a)} in one and {_show(b)} in the other"
                 )
-    return VocabCheck(n_shared=n_shared, sizes={m.path.name: m.n_vocab for m in models})
+    unused = np.unique(np.concatenate([m.unused_ids(n_shared) for m in models]))
+    return VocabCheck(
+        n_shared=n_shared, sizes={m.path.name: m.n_vocab for m in models}, unused=unused
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import huggingface_hub
@@ -14,6 +15,18 @@ def no_network(*args, **kwargs):
     raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
 
 
+_listener: socket.socket | None = None
+
+
+def loopback_endpoint() -> str:
+    """An address on this machine that accepts connections and never answers: the Hub as far as
+    localeft's reachability check can tell, where tests fake the downloads themselves."""
+    global _listener
+    if _listener is None:
+        _listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    return f"http://127.0.0.1:{_listener.getsockname()[1]}"
+
+
 def isolate(tmp_path: Path, monkeypatch) -> Path:
     """Offline mode, an empty HF cache and XDG config dir under tmp_path; returns the cache."""
     hub = tmp_path / "hf" / "hub"
@@ -23,10 +36,12 @@ def isolate(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     # huggingface_hub reads these variables once, at import: patch its constants too.
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", loopback_endpoint())
     return hub
 
 

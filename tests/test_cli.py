@@ -469,13 +469,15 @@ def test_hub_preset_not_cached(tiny, tmp_path, isolated, monkeypatch):
     assert models.stdout.count("not downloaded") >= 2
     offline = invoke("pull", "--config", config, "--offline")
     assert offline.exit_code == 1 and offline.stdout.count("MISSING") == 2
-    assert "localeft pull hubby" in offline.stderr
+    # the suggested command names the --config that defines the preset
+    pull_hubby = f"localeft pull --config {config} hubby"
+    assert pull_hubby in offline.stderr
     for args in (["hubby"], ["hubby", "--offline"]):  # HF_HUB_OFFLINE=1 is set
-        assert_one_line_error(invoke("pull", "--config", config, *args), 1, "localeft pull hubby")
+        assert_one_line_error(invoke("pull", "--config", config, *args), 1, pull_hubby)
     assert_one_line_error(
         invoke("generate", "--config", config, *FAST, "hi"),
         1,
-        "localeft pull hubby",
+        pull_hubby,
         "HF_HUB_OFFLINE",
     )
     # online, not a terminal, no --yes: no download, but a hint
@@ -483,7 +485,7 @@ def test_hub_preset_not_cached(tiny, tmp_path, isolated, monkeypatch):
     assert_one_line_error(
         invoke("generate", "--config", config, *FAST, "hi"),
         1,
-        "run `localeft pull hubby` to download it",
+        f"run `{pull_hubby}` to download it",
     )
 
 

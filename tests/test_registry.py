@@ -8,6 +8,7 @@ that fails the test unless a test installs its own fake.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -382,6 +383,25 @@ def test_real_library_with_unreachable_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", REAL_HF_HUB_DOWNLOAD)
     with pytest.raises(DownloadError, match="Hugging Face Hub is unreachable"):
         registry.resolve(hub_ref(), download=True, offline=False, progress=False)
+
+
+def test_unreachable_hub_fails_in_seconds_with_one_line(monkeypatch, capfd, caplog):
+    """huggingface_hub retries a dead connection for ~24 s, logging each try: localeft checks
+    that the Hub answers first and stops at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", REAL_HF_HUB_DOWNLOAD)
+    t = time.monotonic()
+    with pytest.raises(DownloadError, match=r"Hub is unreachable \(127.0.0.1: .*refused"):
+        registry.resolve(hub_ref(), download=True, offline=False, progress=False)
+    assert time.monotonic() - t < 3
+    out, err = capfd.readouterr()
+    assert "etry" not in out + err + caplog.text  # no "Retrying in 1s [Retry 1/5]" lines
 
 
 def test_env_offline_values(monkeypatch):
