@@ -184,6 +184,8 @@ class Model:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._model))
+        if not self.n_ctx_train:  # a vocab-only load skips the hyperparameters
+            self.n_ctx_train = self._meta_int("context_length") or 0
         self.size_bytes = int(llama_cpp.llama_model_size(self._model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._contexts: list[weakref.ref] = []
