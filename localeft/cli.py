@@ -11,23 +11,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import sys
 import textwrap
+import time
 import warnings
 from itertools import zip_longest
 from pathlib import Path
 
 import click
 
-from . import __version__, registry
-from .engine import Emulator, Expert, Generation
-from .errors import ContextOverflowError, LocaleftError, LocaleftWarning
+from . import __version__, registry, tokenview
+from .engine import MAX_TOP_LOGPROBS, Emulator, Expert, Generation
+from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, LocaleftWarning
 from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
+from .scoring import evaluate, read_items
 from .speculative import MAX_DRAFT
-from .terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
-from .terminal import notes, run, stdin_is_tty
+from .terminal import BETA, DRAFT, EXPLAIN_TOP, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K
+from .terminal import TOP_P
+from .terminal import explained, notes, run, stdin_is_tty
 
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
 ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
@@ -308,7 +312,23 @@ def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
         },
         "models": {label: str(m.path) for label, m in em.models.items()},
         "stats": g.stats.as_dict(),
+        **({"logprobs": [r.as_dict() for r in g.logprobs]} if g.logprobs is not None else {}),
     }
+
+
+def write_page(path: str, g: Generation, request, em: Emulator, beta: float) -> None:
+    prompt = request if isinstance(request, str) else request[-1]["content"]
+    meta = f"beta {beta:g}; " + ", ".join(
+        f"{label}: {m.path.name}" for label, m in em.models.items()
+    )
+    try:
+        Path(path).write_text(
+            tokenview.html_page(g.logprobs or [], "localeft token view", prompt, meta),
+            encoding="utf-8",
+        )
+    except OSError as e:
+        raise Failure(f"cannot write {path}: {e.strerror or e}") from None
+    click.echo(f"(token view written to {path})", err=True)
 
 
 def show_side_by_side(gens: dict[str, Generation]) -> None:
@@ -361,7 +381,20 @@ def cli():
 @CHAT_OR_RAW
 @MODE
 @JSON
-def generate(prompt, chat, mode, as_json, **o):
+@opt(
+    "--logprobs",
+    type=click.IntRange(0, MAX_TOP_LOGPROBS),
+    metavar="N",
+    help="With --json: per-token log-probs (EFT and each model) and the top N alternatives.",
+)
+@opt(
+    "--explain",
+    is_flag=True,
+    help="Show where fine-tuning changed the large base's choice (colours on a terminal, "
+    "[brackets] when piped; with --json: the per-token records).",
+)
+@opt("--html", type=click.Path(dir_okay=False), help="Also write the token view as a web page.")
+def generate(prompt, chat, mode, as_json, logprobs, explain, html, **o):
     """Generate a reply to PROMPT (or to stdin, also with PROMPT '-') and print it.
 
     \b
@@ -376,14 +409,21 @@ def generate(prompt, chat, mode, as_json, **o):
           --expert code.gguf:base.gguf:0.5 "Write a sort function"
     """
     request = make_request(read_prompt(prompt), chat, o["system"])
+    view = explain or html is not None
+    if view and logprobs is None:
+        logprobs = EXPLAIN_TOP
     em, settings = open_emulator(o)
     with em:
-        kw = dict(sampling(o, settings), mode=MODES[mode])
-        g = run(em, request, echo=not as_json, **kw)
+        kw = dict(sampling(o, settings), mode=MODES[mode], logprobs=logprobs)
+        g = run(em, request, echo=not (as_json or explain), **kw)
         if as_json:
             click.echo(json.dumps(result(g, em, kw, mode), ensure_ascii=False, indent=2))
+        elif explain:
+            click.echo(explained(g.logprobs), color=True)
         elif not g.text.endswith("\n"):
             click.echo()
+        if html is not None:
+            write_page(html, g, request, em, em.beta)
         notes(g, o["verbose"])
 
 
@@ -417,6 +457,295 @@ def compare(prompt, chat, as_json, **o):
             )
         else:
             show_side_by_side(gens)
+
+
+def _progress(items, label: str):
+    """A progress bar with ETA on a terminal's stderr; nothing when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(items)
+    return click.progressbar(items, label=label, file=sys.stderr, show_eta=True, show_pos=True)
+
+
+def _model_names(em: Emulator) -> dict[str, str]:
+    return {label: ROLE_NAMES.get(label, label) for label in em.models}
+
+
+def totals_table(sc, em: Emulator) -> str:
+    rows = [("EFT (beta %g)" % sc.beta, sc.totals["eft"])]
+    rows += [(_model_names(em)[k], v) for k, v in sc.totals.items() if k != "eft"]
+    lines = [f"{'':<20}{'tokens':>8}{'log-prob':>12}{'mean':>10}{'perplexity':>12}"]
+    for name, t in rows:
+        lines.append(
+            f"{name:<20}{t.tokens:>8}{t.logprob:>12.3f}{t.mean:>10.3f}{t.perplexity:>12.2f}"
+        )
+    return "\n".join(lines)
+
+
+def token_table(sc, em: Emulator) -> str:
+    labels = [k for k in sc.totals if k != "eft"]
+    head = f"{'token':<18}{'EFT':>9}{'rank':>6}" + "".join(f"{k:>9}" for k in labels)
+    lines = [head + "  (* EFT's top choice differs from the large base's)"]
+    for r in sc.tokens:
+        cells = "".join(f"{r.models[k]:>9.3f}" for k in labels)
+        star = " *" if r.top_differs else ""
+        lines.append(f"{repr(r.text)[:18]:<18}{r.logprob:>9.3f}{r.rank:>6}{cells}{star}")
+    return "\n".join(lines)
+
+
+def _score_line(d):
+    """(prompt, completion) of one JSONL line; InvalidParameterError names what is wrong."""
+    if not isinstance(d, dict):
+        raise InvalidParameterError("expected an object with prompt or messages, and completion")
+    completion = d.get("completion")
+    if not isinstance(completion, str) or not completion:
+        raise InvalidParameterError('needs a non-empty "completion" string')
+    if isinstance(d.get("messages"), list) and d["messages"]:
+        return d["messages"], completion
+    if isinstance(d.get("prompt"), str) and d["prompt"]:
+        return d["prompt"], completion
+    raise InvalidParameterError('needs "prompt" (text) or "messages" (a list)')
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.argument("continuation", required=False)
+@MODEL_OPTIONS
+@opt("--beta", type=BETA, help="Strength of the fine-tuning delta (default: preset's, else 1).")
+@opt(
+    "--jsonl",
+    type=click.Path(dir_okay=False),
+    help='Score each line: {"prompt": ..., "completion": ...} or {"messages": [...], '
+    '"completion": ...}.',
+)
+@opt("--per-token", is_flag=True, help="Also a table of every token's log-probs.")
+@opt(
+    "--chat/--raw",
+    default=False,
+    help="PROMPT as a user message under the chat template "
+    "(the continuation is the assistant's reply), or raw text (default).",
+)
+@opt("--system", metavar="TEXT", help="System message, with --chat.")
+@JSON
+def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
+    """How likely is CONTINUATION after PROMPT under EFT, and under each model alone?
+    Log-probabilities per token and in total, perplexity.
+
+    \b
+    Examples:
+      localeft score "The capital of France is" " Paris."
+      localeft score --per-token "def add(a, b):" "\n    return a + b"
+      localeft score --chat "Say hi." "Hello! How can I help?" --json
+      localeft score --jsonl pairs.jsonl --beta 1.5 --json > scores.jsonl
+    """
+    if jsonl is None and (prompt is None or continuation is None):
+        raise click.UsageError("give PROMPT and CONTINUATION, or --jsonl FILE")
+    if jsonl is not None and (prompt is not None or continuation is not None):
+        raise click.UsageError("--jsonl replaces PROMPT and CONTINUATION")
+    lines = []
+    errors = []
+    if jsonl is not None:
+        lines, errors = _read_score_lines(jsonl)
+    else:
+        request = make_request(read_prompt(prompt), chat, system)
+        lines = [(0, request, continuation)]
+    em, _ = open_emulator(o)
+    with em:
+        for e in errors:
+            click.echo(f"localeft: error: {jsonl} {e}", err=True)
+        totals: dict[str, list] = {}
+        with _progress(lines, "scoring") as bar:
+            for n, request, completion in bar:
+                try:
+                    sc = em.score(request, completion)
+                except (InvalidParameterError, ContextOverflowError) as e:
+                    if jsonl is None:
+                        raise
+                    message = _context_message(e) if isinstance(e, ContextOverflowError) else e
+                    click.echo(f"localeft: error: {jsonl} line {n}: {message}", err=True)
+                    errors.append(n)
+                    continue
+                for k, t in sc.totals.items():
+                    totals.setdefault(k, []).append(t)
+                if as_json:
+                    d = sc.as_dict(per_token=per_token)
+                    click.echo(json.dumps({"line": n, **d} if n else d, ensure_ascii=False))
+                elif jsonl is None:
+                    click.echo(totals_table(sc, em))
+                    if per_token:
+                        click.echo("\n" + token_table(sc, em))
+                else:
+                    t = sc.totals
+                    click.echo(
+                        f"line {n}: {t['eft'].tokens} tokens, EFT {t['eft'].logprob:.3f}, "
+                        + ", ".join(
+                            f"{_model_names(em)[k]} {v.logprob:.3f}"
+                            for k, v in t.items()
+                            if k != "eft"
+                        )
+                    )
+        if jsonl is not None and not as_json and totals:
+            click.echo(f"\nall {len(totals['eft'])} lines:")
+            for k, ts in totals.items():
+                name = f"EFT (beta {em.beta:g})" if k == "eft" else _model_names(em)[k]
+                lp, n_tok = sum(t.logprob for t in ts), sum(t.tokens for t in ts)
+                click.echo(f"{name:<20}{n_tok:>8}{lp:>12.3f}{lp / n_tok:>10.3f}")
+    if errors:
+        raise Failure(f"{len(errors)} line(s) of {jsonl} could not be scored (see above)")
+
+
+def _read_score_lines(path: str):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise Failure(f"{path}: not valid UTF-8 text") from None
+    except OSError as e:
+        raise Failure(f"cannot read {path}: {e.strerror or e}") from None
+    lines, errors = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompt, completion = _score_line(json.loads(line))
+            lines.append((n, prompt, completion))
+        except json.JSONDecodeError as e:
+            errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
+        except InvalidParameterError as e:
+            errors.append(f"line {n}: {e}")
+    if not lines and not errors:
+        raise Failure(f"{path} has no lines to score")
+    return lines, errors
+
+
+def _betas(value: str) -> list[float]:
+    try:
+        betas = [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not betas or any(not math.isfinite(b) or b < 0 for b in betas):
+        raise click.BadParameter(f"{value!r}: betas must be numbers >= 0")
+    return list(dict.fromkeys(betas))
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTIONS
+@opt(
+    "--beta",
+    "betas",
+    default="0,0.5,1,2",
+    show_default=True,
+    metavar="B1,B2,...",
+    help="Betas to evaluate EFT at: one row each.",
+)
+@opt("--plot", type=click.Path(dir_okay=False), help="Draw accuracy against beta (PNG).")
+@JSON
+def eval_command(file, betas, plot, as_json, **o):
+    """Multiple-choice accuracy on your own data: EFT at each beta, the large base alone and
+    the small fine-tuned model alone, by summed and by length-normalised log-likelihood.
+
+    Each line of FILE: {"prompt": "..." or "messages": [...], "choices": [...], "answer": N}.
+    A choice is scored as the continuation of the prompt (as the assistant's reply for
+    messages); the choice with the highest log-likelihood is the model's answer.
+
+    \b
+    Examples:
+      localeft eval examples/eval-sample.jsonl
+      localeft eval mine.jsonl --beta 0,0.25,0.5,1,1.5,2 --plot accuracy.png
+      localeft eval mine.jsonl --json > results.json
+    """
+    try:
+        beta_list = _betas(betas)
+    except click.BadParameter as e:
+        raise click.UsageError(f"--beta: {e.message}") from None
+    if plot is not None:
+        _check_plotting()
+    items, errors = read_items(file)
+    em, _ = open_emulator({**o, "beta": None})
+    with em:
+        for e in errors:
+            click.echo(f"localeft: error: {file} {e}", err=True)
+        if not items:
+            raise Failure(f"{file}: no item to evaluate")
+        labels = {
+            "large base alone": "base",
+            "small fine-tuned alone": em.group.roles[em.group.drafter].label,
+        }
+        t0 = time.perf_counter()
+        rows = []
+        with _progress(range(len(items)), "evaluating") as bar:
+            progress = iter(bar)
+            for _, so_far in evaluate(em.score, items, beta_list, labels):
+                rows = so_far
+                next(progress, None)
+        seconds = time.perf_counter() - t0
+        report = {
+            "file": str(file),
+            "items": len(items),
+            "skipped_lines": len(errors),
+            "seconds_per_item": seconds / len(items),
+            "rows": [r.as_dict() for r in rows],
+        }
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            click.echo(eval_table(rows, len(items)))
+            click.echo(f"({seconds / len(items):.2f} s per item)", err=True)
+        if plot is not None:
+            plot_accuracy(rows, plot, Path(file).name)
+            click.echo(f"(plot written to {plot})", err=True)
+    if errors:
+        raise Failure(f"{len(errors)} line(s) of {file} were skipped (see above)")
+
+
+def eval_table(rows, n: int) -> str:
+    lines = [f"{'':<26}{'accuracy':>10}{'length-normalised':>19}   ({n} items)"]
+    for r in rows:
+        lines.append(f"{r.name:<26}{r.accuracy:>10.3f}{r.accuracy_norm:>19.3f}")
+    return "\n".join(lines)
+
+
+def _check_plotting() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise Failure(
+            "--plot needs matplotlib: pip install 'localeft[plot]' (or pip install matplotlib)"
+        ) from None
+
+
+def plot_accuracy(rows, path: str, title: str) -> None:
+    """Accuracy against beta for EFT, the two models alone as horizontal lines (the paper's
+    figure, on the user's data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eft = [r for r in rows if r.beta is not None]
+    alone = [r for r in rows if r.beta is None]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, attr, name in zip(axes, ("accuracy", "accuracy_norm"), ("summed", "length-normalised")):
+        ax.plot([r.beta for r in eft], [getattr(r, attr) for r in eft], "o-", label="EFT")
+        for r, style in zip(alone, ("--", ":")):
+            ax.axhline(
+                getattr(r, attr),
+                linestyle=style,
+                color="gray" if style == "--" else "k",
+                label=r.name,
+            )
+        ax.set_xlabel("beta")
+        ax.set_title(f"{name} log-likelihood")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(loc="best", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise Failure(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
 
 
 @cli.command(

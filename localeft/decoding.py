@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 from .ensemble import Ensemble
 from .sampling import Sampler
@@ -64,11 +66,16 @@ class Stats:
         return d
 
 
+# observe(token, combined row, {context index: its row}): called for every token before it is
+# yielded, with the rows of the exact target distribution at its position (views: use at once)
+Observer = Callable[[int, np.ndarray, dict[int, np.ndarray]], None]
+
+
 class Decoder:
     """Base of the strategies: the group, the contexts a request runs, its sampler and stats.
 
     `tokens(prompts)` yields token ids forever (the caller decides when to stop); it raises
-    ContextOverflowError when a context is full."""
+    ContextOverflowError when a context is full. `observe`, if given, sees each token's rows."""
 
     def __init__(
         self,
@@ -77,9 +84,11 @@ class Decoder:
         beta: float,
         sampler: Sampler,
         stats: Stats,
+        observe: Observer | None = None,
     ):
         self.group, self.indices = group, list(indices)
         self.beta, self.sampler, self.stats = beta, sampler, stats
+        self.observe = observe
         stats.model_seconds = {group.roles[i].label: 0.0 for i in self.indices}
 
     def prefill(self, prompts: dict[int, list[int]]) -> None:
@@ -110,12 +119,16 @@ class PlainDecoder(Decoder):
         self.prefill({i: prompts[i] for i in indices})
         generated: list[int] = []
         solo = indices[0] if len(indices) == 1 else None  # a model alone gets every core
+        observe = self.observe
         while True:
             t = clock()
             rows = [r[0] for r in group.rows(indices)]  # on a GPU this waits for the device
             # With several contexts, indices are every context in order: rows line up with
             # the combiner's indices.
-            tok = sampler(combiner.combine(rows))
+            combined = combiner.combine(rows)
+            tok = sampler(combined)
+            if observe is not None:
+                observe(tok, combined, dict(zip(indices, rows)))
             stats.numpy_seconds += clock() - t
             yield tok
             generated.append(tok)

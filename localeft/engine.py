@@ -20,7 +20,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from . import validate
-from .backend import Model
+from .backend import Model, common_prefix
 from .decoding import PlainDecoder, Stats
 from .eft import log_softmax
 from .ensemble import Ensemble, Expert
@@ -28,6 +28,7 @@ from .errors import ClosedError, ContextOverflowError, InvalidParameterError
 from .prompts import BasePrompt, Message, Rendered, check_messages, render_pieces
 from .prompts import render_transcript, tokenize_prompt
 from .sampling import Sampler, SamplingParams
+from .scoring import Recorder, Score, TokenInfo, score_tokens
 from .speculative import MAX_DRAFT, SpeculativeDecoder, use_speculative
 from .textstream import TextStream
 from .vocab import VocabCheck
@@ -43,6 +44,7 @@ class Generation:
     finish_reason: str  # "eog" | "stop" | "length" | "context" | "interrupted"
     stats: Stats
     seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
+    logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
 
 
 class Stream:
@@ -51,6 +53,8 @@ class Stream:
     def __init__(self, pieces: Iterator[str]):
         self._pieces = pieces
         self.generation: Generation | None = None
+        self.tokens: list[int] = []  # so far
+        self.records: list[TokenInfo] = []  # so far, with logprobs=N (may run ahead of tokens)
 
     def __iter__(self) -> Stream:
         return self
@@ -76,6 +80,10 @@ class _Job:
     mode: str
     speculative: bool
     draft_tokens: int | None
+    logprobs: int | None
+
+
+MAX_TOP_LOGPROBS = 20
 
 
 def _stops(stop) -> list[str]:
@@ -238,7 +246,7 @@ class Emulator:
         return out
 
     def _check_ids(self, name: str, ids: Sequence[int]) -> list[int]:
-        if isinstance(ids, (str, bytes)):
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
             raise InvalidParameterError(f"{name} must be a list of token ids, got {ids!r}")
         n = self.vocab.n_shared
         return [validate.integer(f"{name} token id", t, 0, n - 1) for t in ids]
@@ -275,6 +283,67 @@ class Emulator:
             group.prefill({i: toks + after for i, toks in prompts.items()})
             rows = [r[0] for r in group.rows(prompts)]
             return log_softmax(group.combiner(b).combine(rows))
+
+    def score(
+        self,
+        prompt: str | Sequence[Message],
+        continuation: str | Sequence[int],
+        *,
+        beta: float | None = None,
+        betas: Sequence[float] = (),
+    ) -> Score:
+        """How likely `continuation` is after `prompt`, token by token, under EFT and under
+        each model alone. A str prompt is raw text followed by the continuation; a list of
+        messages puts the continuation as the assistant's reply under the chat template. The
+        continuation may be token ids (e.g. `Generation.tokens`) to score exactly those.
+        `betas`: also total EFT at these betas (`Score.by_beta`), in the same pass."""
+        b = self.beta if beta is None else validate.beta(beta)
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence):
+            raise InvalidParameterError(f"betas must be a list of numbers, got {betas!r}")
+        extra = [validate.beta(x) for x in betas]
+        if isinstance(continuation, str):
+            if not continuation:
+                raise InvalidParameterError("the continuation is empty")
+            _check_text(continuation)
+        elif not continuation:
+            raise InvalidParameterError("the continuation must be text or token ids, not empty")
+        else:
+            continuation = self._check_ids("continuation", continuation)
+        group = self.group
+        with group.lock:
+            prompts, cont = self._score_prompts(prompt, continuation)
+            longest = max(len(p) for p in prompts.values()) + len(cont)
+            if longest > self.n_ctx:
+                raise ContextOverflowError(
+                    f"prompt and continuation are {longest} tokens but the context holds "
+                    f"{self.n_ctx}; raise n_ctx",
+                    tokens=longest,
+                    n_ctx=self.n_ctx,
+                )
+            return score_tokens(group, prompts, cont, b, extra, group.ft_model)
+
+    def _score_prompts(self, prompt, continuation: str | list[int]):
+        """Per-context prompt tokens, and the continuation's ids (the fine-tuned rendering's,
+        appended to every context as generated tokens are). Where the prompt's last tokens
+        merge with the continuation's first, they count as continuation."""
+        group = self.group
+        prompts = self._prompts(prompt, group.indices("eft"))
+        if not isinstance(continuation, str):
+            return prompts, list(continuation)
+        rendered = self._rendered(prompt)["ft"]
+        whole = Rendered(rendered.pieces + ((continuation, False),))
+        ft_prompt = prompts[group.drafter]
+        ft_whole = tokenize_prompt(group.ft_model, whole)
+        keep = common_prefix(ft_prompt, ft_whole)
+        cont = ft_whole[keep:]
+        drop = len(ft_prompt) - keep
+        same = {i for i, p in prompts.items() if p == ft_prompt}
+        cut = {i: (p[: len(p) - drop] if i in same and drop else p) for i, p in prompts.items()}
+        if not cont:
+            raise InvalidParameterError("the continuation adds no tokens to the prompt")
+        if any(not p for p in cut.values()):
+            raise InvalidParameterError("the prompt is empty once its tokens are split")
+        return cut, cont
 
     def stream(self, prompt: str | Sequence[Message], **settings) -> Stream:
         """Stream text pieces; a str prompt is raw completion, a list of messages is chat.
@@ -331,8 +400,11 @@ class Emulator:
         mode: Mode = "eft",
         speculative: bool | None = None,
         draft_tokens: int | None = None,
+        logprobs: int | None = None,
     ) -> _Job:
         validate.choice("mode", mode, MODES)
+        if logprobs is not None:
+            validate.integer("logprobs", logprobs, 0, MAX_TOP_LOGPROBS)
         b = self.beta if beta is None else validate.beta(beta)
         if draft_tokens is not None:
             validate.integer("draft_tokens", draft_tokens, 1, MAX_DRAFT)
@@ -352,11 +424,13 @@ class Emulator:
             speculative=mode == "eft"
             and use_speculative(speculative, self.gpu_offload, draft_tokens),
             draft_tokens=draft_tokens,
+            logprobs=logprobs,
         )
 
-    def _decoder(self, job: _Job, stats: Stats):
+    def _decoder(self, job: _Job, stats: Stats, observe: Recorder | None):
         """The strategy for this request, over the group."""
-        args = (self.group, job.indices, job.beta, Sampler(job.params, self.vocab.n_shared), stats)
+        sampler = Sampler(job.params, self.vocab.n_shared)
+        args = (self.group, job.indices, job.beta, sampler, stats, observe)
         if job.speculative:
             return SpeculativeDecoder(*args, draft_tokens=job.draft_tokens)
         return PlainDecoder(*args)
@@ -365,10 +439,14 @@ class Emulator:
         group = self.group
         t0 = time.perf_counter()
         stats = Stats(prompt_tokens=max(len(p) for p in job.prompts.values()))
-        producer = self._decoder(job, stats).tokens(job.prompts)
         eog_model = group.roles[job.indices[0]].model if job.mode == "base" else group.ft_model
+        recorder = None
+        if job.logprobs is not None:
+            recorder = Recorder(group, job.indices, eog_model, job.logprobs)
+            out.records = recorder.records
+        producer = self._decoder(job, stats, recorder).tokens(job.prompts)
         out_text = TextStream(job.stops)
-        tokens: list[int] = []
+        tokens = out.tokens
         finish = "length"
         try:
             while True:
@@ -397,7 +475,10 @@ class Emulator:
             rest = out_text.finish() if finish != "interrupted" else ""
             stats.generated_tokens = len(tokens)
             stats.seconds = time.perf_counter() - t0
-            out.generation = Generation(out_text.text, tokens, finish, stats, job.params.seed)
+            records = None if recorder is None else recorder.records[: len(tokens)]
+            out.generation = Generation(
+                out_text.text, list(tokens), finish, stats, job.params.seed, records
+            )
         if rest:
             yield rest
 

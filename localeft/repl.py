@@ -18,7 +18,8 @@ import click
 from .decoding import Stats
 from .engine import Emulator
 from .errors import ContextOverflowError, LocaleftError
-from .terminal import MODES, SETTABLE, deferred_interrupts, notes, run, stats_line, stdin_is_tty
+from .terminal import EXPLAIN_TOP, MODES, SETTABLE, deferred_interrupts, explained, notes, run
+from .terminal import stats_line, stdin_is_tty
 
 CHAT_HELP = """Commands:
   /help                 this text
@@ -29,6 +30,7 @@ CHAT_HELP = """Commands:
   /set system TEXT      set (or with no TEXT, remove) the system message
   /mode eft|large|small generate with EFT, or with one model alone
   /stats                timings and KV-cache reuse of the last reply
+  /explain on|off       show where fine-tuning changed the large base's choice
   /save FILE            write the conversation and settings as JSON
   /load FILE            continue a conversation saved with /save (or from the history)
   \"\"\"                   start and end a multi-line message (Ctrl-C cancels it)
@@ -36,7 +38,20 @@ CHAT_HELP = """Commands:
 Ctrl-C during a reply stops it and keeps what was written. Every turn is saved in the history
 (localeft chat --resume continues the latest conversation)."""
 
-COMMANDS = ("help", "bye", "exit", "quit", "clear", "retry", "set", "mode", "stats", "save", "load")
+COMMANDS = (
+    "help",
+    "bye",
+    "exit",
+    "quit",
+    "clear",
+    "retry",
+    "set",
+    "mode",
+    "stats",
+    "explain",
+    "save",
+    "load",
+)
 
 
 def history_dir() -> Path:
@@ -78,6 +93,7 @@ class ChatSession:
         self.messages: list[dict] = []
         self.replies: list[dict] = []  # per reply: mode, beta, sampling, seed, stats
         self.unsent: str | None = None  # a message whose reply was interrupted before it began
+        self.explain = False  # replies shown as the token view
         self.tty = stdin_is_tty()
         self.history = history or history_dir() / time.strftime("%Y%m%d-%H%M%S.json")
 
@@ -160,8 +176,15 @@ class ChatSession:
             self.messages.pop()
             return
         try:
+            extra = {"logprobs": EXPLAIN_TOP} if self.explain else {}
             g = run(
-                self.em, self.request(), echo=True, partial=True, mode=MODES[self.mode], **self.kw
+                self.em,
+                self.request(),
+                echo=not self.explain,
+                partial=True,
+                mode=MODES[self.mode],
+                **self.kw,
+                **extra,
             )
         except LocaleftError as e:
             g = None
@@ -177,6 +200,8 @@ class ChatSession:
                         err=True,
                     )
                 return
+            if self.explain and g.logprobs is not None:
+                click.echo(explained(g.logprobs), nl=False, color=True)
             if g.finish_reason == "interrupted":
                 click.echo("\n(interrupted; the partial reply is kept)", err=True)
             else:
@@ -259,12 +284,20 @@ class ChatSession:
             click.echo(
                 stats_line(_stats(self.replies[-1]), True) if self.replies else "(no reply yet)"
             )
+        elif name == "explain" and arg in ("on", "off"):
+            self.explain = arg == "on"
+            click.echo(f"(explain: {arg})")
         elif name == "save" and arg:
             self.save(arg)
         elif name == "load" and arg:
             self.load(arg)
         else:
-            usage = {"mode": "/mode eft|large|small", "save": "/save FILE", "load": "/load FILE"}
+            usage = {
+                "mode": "/mode eft|large|small",
+                "save": "/save FILE",
+                "load": "/load FILE",
+                "explain": "/explain on|off",
+            }
             click.echo(
                 f"usage: {usage[name]}"
                 if name in usage

@@ -142,7 +142,12 @@ class SpeculativeDecoder(Decoder):
             target = self.combiner.combine([r[:k] for r in rows])
             ps = [sampler.dist(target[j]) for j in range(k)]
             n_acc, rest = accept(ps, qs, draft, sampler.rng)
+            observe = self.observe
+            if observe is not None:  # accepted tokens, at their positions in the block
+                for j in range(n_acc):
+                    observe(draft[j], target[j], {i: r[j] for i, r in enumerate(rows)})
             bonus_eval = 0.0
+            at = n_acc  # the position of the token drawn below
             if rest is None:  # all accepted: the bonus token comes from p_k
                 t2 = clock()
                 with group.alone(d):
@@ -152,8 +157,12 @@ class SpeculativeDecoder(Decoder):
                 rows[d] = self._q_logits[k : k + 1]
                 for i in verifiers:
                     rows[i] = roles[i].ctx.logits(k + 1)[k:]
-                rest = sampler.dist(self.combiner.combine(rows)[0])
+                target = self.combiner.combine(rows)
+                rest = sampler.dist(target[0])
+                at = 0
             nxt = sampler.sample(rest)
+            if observe is not None:
+                observe(nxt, target[at], {i: r[at] for i, r in enumerate(rows)})
             stats.numpy_seconds += clock() - t1 - bonus_eval
             stats.verify_seconds += clock() - t
             stats.drafted += k

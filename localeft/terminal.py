@@ -11,6 +11,7 @@ import threading
 
 import click
 
+from . import tokenview
 from .engine import Emulator, Generation, Stats
 from .speculative import MAX_DRAFT
 
@@ -30,6 +31,20 @@ SETTABLE = {
     "seed": ("seed", SEED),
     "max_tokens": ("max_tokens", MAX_TOKENS),
 }
+
+
+EXPLAIN_TOP = 5  # alternatives shown when hovering a token of the view
+
+
+def explained(records) -> str:
+    """The token view for this terminal: colours on a TTY, brackets when piped."""
+    color = stdout_is_tty()
+    body = tokenview.ansi(records) if color else tokenview.plain(records)
+    return body.rstrip("\n") + "\n" + tokenview.legend(color)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout is not None and sys.stdout.isatty()
 
 
 def stdin_is_tty() -> bool:

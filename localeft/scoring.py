@@ -1,0 +1,377 @@
+"""Per-token log-probabilities of text under EFT and under each model alone: for a given
+continuation (`Emulator.score`), for generated tokens (`logprobs=N`), and multiple-choice
+evaluation over a file (`evaluate`).
+
+Definitions, the same everywhere: EFT's log-prob is the log-softmax of the combined logits over
+the shared vocabulary (ids marked unused excluded), at the Emulator's (or given) beta, before any
+temperature or filter: the distribution generation samples from at temperature 1. A model
+alone's log-prob is the log-softmax of its own logits over its whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .backend import MAX_OUTPUTS, Model
+from .ensemble import Ensemble
+from .errors import InvalidParameterError, LocaleftError
+
+
+@dataclass
+class TokenInfo:
+    """One token of a scored or generated text."""
+
+    id: int
+    text: str  # the characters this token completes (concatenated: the whole text)
+    logprob: float  # under EFT (in a one-model mode: that model's)
+    rank: int  # 1 = EFT's most likely token at this position
+    models: dict[str, float]  # each model alone: this token's log-prob, by label (base, ft, ref)
+    eft_top: int  # EFT's most likely token here
+    base_top: int | None  # the large base alone's (None when the base did not run)
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, EFT log-prob)
+
+    @property
+    def differs_from_base(self) -> bool:
+        """This token is not what the large base alone would have picked greedily."""
+        return self.base_top is not None and self.id != self.base_top
+
+    @property
+    def top_differs(self) -> bool:
+        """EFT's top choice here is not the large base alone's."""
+        return self.base_top is not None and self.eft_top != self.base_top
+
+    @property
+    def shift(self) -> float | None:
+        """How far the fine-tuning delta moved this token: EFT log-prob − base log-prob."""
+        base = self.models.get("base")
+        return None if base is None else self.logprob - base
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["top"] = [{"id": i, "text": t, "logprob": lp} for i, t, lp in self.top]
+        d.update(
+            differs_from_base=self.differs_from_base,
+            top_differs=self.top_differs,
+            shift=self.shift,
+        )
+        return d
+
+
+@dataclass
+class Totals:
+    """A text's log-likelihood under one distribution."""
+
+    logprob: float  # summed
+    tokens: int
+
+    @property
+    def mean(self) -> float:
+        return self.logprob / self.tokens if self.tokens else 0.0
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.mean)
+
+    def as_dict(self) -> dict:
+        return {
+            "logprob": self.logprob,
+            "tokens": self.tokens,
+            "mean": self.mean,
+            "perplexity": self.perplexity,
+        }
+
+
+@dataclass
+class Score:
+    """`Emulator.score`'s result: per-token records and totals for EFT and each model."""
+
+    tokens: list[TokenInfo]
+    totals: dict[str, Totals]  # "eft" and each model label
+    beta: float
+    by_beta: dict[float, Totals] = field(default_factory=dict)  # EFT totals at other betas
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+    def as_dict(self, per_token: bool = True) -> dict:
+        d = {
+            "text": self.text,
+            "beta": self.beta,
+            "totals": {k: v.as_dict() for k, v in self.totals.items()},
+        }
+        if self.by_beta:
+            d["eft_by_beta"] = {str(b): v.as_dict() for b, v in self.by_beta.items()}
+        if per_token:
+            d["tokens"] = [t.as_dict() for t in self.tokens]
+        return d
+
+
+def token_texts(model: Model, ids: Sequence[int]) -> list[str]:
+    """Each token's share of the decoded text: a character split over several byte tokens goes
+    to the token that completes it (so the texts concatenate to the whole, never U+FFFD
+    halves)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out = [decoder.decode(model.piece(t)) for t in ids]
+    if out:
+        out[-1] += decoder.decode(b"", final=True)
+    return out
+
+
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    """Float64 log-softmax over the last axis (-inf stays -inf)."""
+    x = np.asarray(rows, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+# --- records for generated tokens -------------------------------------------------------------
+class Recorder:
+    """Builds a TokenInfo for each generated token from the rows the decoder observed (an
+    `Observer`), with the top-n alternatives under EFT."""
+
+    def __init__(self, group: Ensemble, indices: Sequence[int], text_model: Model, top_n: int):
+        self.group, self.top_n, self.model = group, top_n, text_model
+        self.labels = {i: group.roles[i].label for i in indices}
+        self.base = group.base if group.base in self.labels else None
+        self.records: list[TokenInfo] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def __call__(self, token: int, combined: np.ndarray, rows: dict[int, np.ndarray]) -> None:
+        lp = _log_softmax(combined)
+        top_n = self.top_n
+        if top_n:
+            head = np.argpartition(-lp, min(top_n, lp.size - 1))[:top_n]
+            head = head[np.argsort(-lp[head], kind="stable")]
+            top = [(int(i), self._text(int(i)), float(lp[i])) for i in head]
+        else:
+            top = []
+        models = {}
+        for i, row in rows.items():
+            models[self.labels[i]] = float(row[token] - _logsumexp(row))
+        n = self.group.n_vocab
+        base_top = None
+        if self.base is not None:
+            base_row = rows[self.base][:n].copy()
+            base_row[self.group.vocab.unused] = -np.inf
+            base_top = int(np.argmax(base_row))
+        self.records.append(
+            TokenInfo(
+                id=token,
+                text=self._decoder.decode(self.model.piece(token)),
+                logprob=float(lp[token]),
+                rank=int(np.count_nonzero(lp > lp[token])) + 1,
+                models=models,
+                eft_top=int(np.argmax(lp)),
+                base_top=base_top,
+                top=top,
+            )
+        )
+
+    def _text(self, token: int) -> str:
+        return self.model.piece(token).decode("utf-8", "replace")
+
+
+def _logsumexp(row: np.ndarray) -> float:
+    top = float(row.max())
+    return top + math.log(float(np.exp(np.asarray(row, dtype=np.float64) - top).sum()))
+
+
+# --- scoring a given continuation -------------------------------------------------------------
+def score_tokens(
+    group: Ensemble,
+    prompts: dict[int, list[int]],
+    continuation: list[int],
+    beta: float,
+    betas: Sequence[float],
+    text_model: Model,
+) -> Score:
+    """Log-probs of `continuation` after each context's prompt: one batch per context per
+    chunk of MAX_OUTPUTS tokens (a decode returns at most that many logits rows)."""
+    indices = sorted(prompts)
+    labels = {i: group.roles[i].label for i in indices}
+    n = group.n_vocab
+    ids = np.asarray(continuation)
+    if not continuation:
+        raise InvalidParameterError("the continuation is empty (no tokens to score)")
+    combiners = {b: group.combiner(b, rows=MAX_OUTPUTS) for b in dict.fromkeys([beta, *betas])}
+    per_model = {i: [] for i in indices}
+    eft = {b: [] for b in combiners}
+    ranks, eft_tops, base_tops = [], [], []
+    group.owner = None
+    # The row predicting continuation[0] ends the prompt; the rest come from decoding the
+    # continuation (all but its last token) in chunks, logits at every position.
+    group.prefill(prompts)
+    rows = {i: group.roles[i].ctx.logits(1) for i in indices}
+    done = 0
+    while True:
+        m = next(iter(rows.values())).shape[0]
+        target = ids[done : done + m]
+        eft_tops += _collect(rows, target, combiners, beta, per_model, eft, ranks)
+        base = rows[group.base][:, :n].copy()
+        base[:, group.vocab.unused] = -np.inf
+        base_tops += np.argmax(base, axis=1).tolist()
+        done += m
+        if done >= len(ids):
+            break
+        chunk = continuation[done - 1 : min(done - 1 + MAX_OUTPUTS, len(ids) - 1)]
+        for i in indices:
+            group.roles[i].ctx.decode(chunk, len(chunk))
+        rows = {i: group.roles[i].ctx.logits(len(chunk)) for i in indices}
+    texts = token_texts(text_model, continuation)
+    eft_lp = np.concatenate(eft[beta])
+    model_lp = {i: np.concatenate(v) for i, v in per_model.items()}
+    records = [
+        TokenInfo(
+            id=int(t),
+            text=texts[j],
+            logprob=float(eft_lp[j]),
+            rank=int(ranks[j]),
+            models={labels[i]: float(model_lp[i][j]) for i in indices},
+            eft_top=int(eft_tops[j]),
+            base_top=int(base_tops[j]),
+        )
+        for j, t in enumerate(continuation)
+    ]
+    totals = {"eft": Totals(float(eft_lp.sum()), len(ids))}
+    totals.update({labels[i]: Totals(float(v.sum()), len(ids)) for i, v in model_lp.items()})
+    by_beta = {b: Totals(float(np.concatenate(v).sum()), len(ids)) for b, v in eft.items()}
+    return Score(records, totals, beta, {b: by_beta[b] for b in betas})
+
+
+def _collect(rows, target, combiners, beta, per_model, eft, ranks) -> list[int]:
+    """Log-probs of the target tokens in these rows: each model alone, EFT at each beta;
+    returns EFT's top token per row (at the main beta)."""
+    at = np.arange(target.size)
+    for i, r in rows.items():
+        per_model[i].append(_log_softmax(r)[at, target])
+    order = [rows[i] for i in sorted(rows)]
+    tops: list[int] = []
+    for b, comb in combiners.items():
+        lp = _log_softmax(comb.combine(order))
+        chosen = lp[at, target]
+        eft[b].append(chosen)
+        if b == beta:
+            ranks.extend((np.count_nonzero(lp > chosen[:, None], axis=1) + 1).tolist())
+            tops = np.argmax(lp, axis=1).tolist()
+    return tops
+
+
+# --- multiple-choice evaluation ---------------------------------------------------------------
+@dataclass
+class Item:
+    """One multiple-choice question: a prompt (raw text) or messages, choices, the answer."""
+
+    line: int
+    prompt: str | list[dict]
+    choices: list[str]
+    answer: int
+
+
+def read_items(path: str | Path) -> tuple[list[Item], list[str]]:
+    """Items of a JSONL file, and one error line per bad line ("line N: ..."): bad lines are
+    reported and skipped, never the reason to lose the rest."""
+    items, errors = [], []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LocaleftError(f"{path}: not valid UTF-8 text") from None
+    except OSError as e:
+        raise LocaleftError(f"cannot read {path}: {e.strerror or e}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(_item(n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
+        except InvalidParameterError as e:
+            errors.append(f"line {n}: {e}")
+    return items, errors
+
+
+def _item(n: int, d) -> Item:
+    if not isinstance(d, dict):
+        raise InvalidParameterError("expected an object with prompt or messages, choices, answer")
+    prompt = d.get("messages", d.get("prompt"))
+    if not (isinstance(prompt, str) and prompt) and not (isinstance(prompt, list) and prompt):
+        raise InvalidParameterError('needs "prompt" (text) or "messages" (a list)')
+    choices = d.get("choices")
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+        raise InvalidParameterError('"choices" must be a list of 2 or more non-empty strings')
+    answer = d.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise InvalidParameterError(
+            f'"answer" must be an index into choices (0-{len(choices) - 1})'
+        )
+    return Item(n, prompt, choices, answer)
+
+
+@dataclass
+class EvalRow:
+    """Accuracy of one distribution: by summed and by length-normalised log-likelihood."""
+
+    name: str
+    beta: float | None
+    correct_sum: int = 0
+    correct_norm: int = 0
+    total: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct_sum / self.total if self.total else 0.0
+
+    @property
+    def accuracy_norm(self) -> float:
+        return self.correct_norm / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "beta": self.beta,
+            "accuracy": self.accuracy,
+            "accuracy_norm": self.accuracy_norm,
+            "items": self.total,
+        }
+
+
+def evaluate(
+    score: Callable[..., Score],
+    items: Sequence[Item],
+    betas: Sequence[float],
+    labels: dict[str, str],
+) -> Iterator[tuple[int, list[EvalRow]]]:
+    """Score every choice of every item; yields (items done, rows so far) after each item.
+
+    `score(prompt, continuation, betas=...)` is `Emulator.score`; `labels` maps the model
+    rows to report (e.g. {"large base alone": "base", "small fine-tuned alone": "ft"}).
+    Normalised accuracy divides each choice's log-likelihood by its length in characters
+    (lm-evaluation-harness's acc_norm), fair to choices that tokenize differently."""
+    rows = [EvalRow(f"EFT beta={b:g}", b) for b in betas]
+    rows += [EvalRow(name, None) for name in labels]
+    for done, item in enumerate(items, 1):
+        sums: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+        for choice in item.choices:
+            s = score(item.prompt, choice, betas=betas)
+            values = [s.by_beta[b].logprob for b in betas]
+            values += [s.totals[label].logprob for label in labels.values()]
+            for i, v in enumerate(values):
+                sums[i].append(v)
+        lengths = np.array([len(c) for c in item.choices], dtype=np.float64)
+        for i, row in enumerate(rows):
+            v = np.array(sums[i])
+            row.total += 1
+            row.correct_sum += int(np.argmax(v)) == item.answer
+            row.correct_norm += int(np.argmax(v / lengths)) == item.answer
+        yield done, rows
