@@ -52,12 +52,10 @@ def main() -> None:
         calls.append(time.perf_counter() - t)
     call_ms = 1000 * statistics.median(calls)
     print(f"EFT step, logprobs off: {med['off']:.1f} ms/token")
-    print(
-        f"EFT step, logprobs={a.top}:  {med['on']:.1f} ms/token  (ratio {med['on'] / med['off']:.3f})"
-    )
-    print(
-        f"record-building call alone: {call_ms:.2f} ms = {100 * call_ms / med['off']:.1f}% of a step"
-    )
+    ratio = med["on"] / med["off"]
+    print(f"EFT step, logprobs={a.top}:  {med['on']:.1f} ms/token  (ratio {ratio:.3f})")
+    share = 100 * call_ms / med["off"]
+    print(f"record-building call alone: {call_ms:.2f} ms = {share:.1f}% of a step")
     text = em.chat(PROMPT, max_tokens=a.tokens, speculative=False).text
     t = time.perf_counter()
     s = em.score(PROMPT, text)
