@@ -294,8 +294,9 @@ class Emulator:
     ) -> Score:
         """How likely `continuation` is after `prompt`, token by token, under EFT and under
         each model alone. A str prompt is raw text followed by the continuation; a list of
-        messages puts the continuation as the assistant's reply under the chat template. The
-        continuation may be token ids (e.g. `Generation.tokens`) to score exactly those.
+        messages puts the continuation as the assistant's reply under the chat template. Either
+        may be token ids instead, to score exactly those (e.g. `Generation.tokens`; a prompt's
+        own tokens: `score(ids[:1], ids[1:])`).
         `betas`: also total EFT at these betas (`Score.by_beta`), in the same pass."""
         b = self.beta if beta is None else validate.beta(beta)
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence):
@@ -327,6 +328,13 @@ class Emulator:
         appended to every context as generated tokens are). Where the prompt's last tokens
         merge with the continuation's first, they count as continuation."""
         group = self.group
+        if _is_ids(prompt):  # token ids: every context sees exactly these
+            ids = self._check_ids("prompt", prompt)
+            self._check_open()
+            prompts = {i: list(ids) for i in group.indices("eft")}
+            if isinstance(continuation, str):
+                continuation = group.ft_model.tokenize(continuation, add_bos=False, special=False)
+            return prompts, list(continuation)
         prompts = self._prompts(prompt, group.indices("eft"))
         if not isinstance(continuation, str):
             return prompts, list(continuation)
@@ -481,6 +489,14 @@ class Emulator:
             )
         if rest:
             yield rest
+
+
+def _is_ids(x) -> bool:
+    return (
+        isinstance(x, (list, tuple, np.ndarray))
+        and len(x) > 0
+        and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in x)
+    )
 
 
 def _check_text(text: str) -> None:

@@ -312,3 +312,19 @@ def test_eval_table_and_plot(run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run("eval", path, "--beta", "one")
     assert bad.exit_code == 2 and "--beta" in bad.output
+
+
+def test_scoring_a_prompts_own_tokens(em):
+    """What evaluation harnesses ask of a server (echo, max_tokens 0): every token of a text
+    after the first, given the ones before it."""
+    ids = em.prompt_tokens("the cat is a dog and hello world")["ft"]
+    s = em.score(ids[:1], ids[1:])
+    assert [t.id for t in s.tokens] == ids[1:]
+    ref = em.score("the cat", ids[len(em.prompt_tokens("the cat")["ft"]) :])
+    assert np.allclose(
+        [t.logprob for t in s.tokens][-len(ref.tokens) :],
+        [t.logprob for t in ref.tokens],
+        atol=KERNELS,
+    )
+    with pytest.raises(InvalidParameterError):
+        em.score([10**9], ids[1:])
