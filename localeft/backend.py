@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import sys
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -61,10 +62,37 @@ def _trim_heap() -> None:
         _malloc_trim(0)
 
 
-def _last_error() -> str:
-    """The most telling recent llama.cpp log line, for an error message."""
+@contextlib.contextmanager
+def captured_stderr():
+    """Collect what C code prints to file descriptor 2 meanwhile (llama.cpp's grammar parser
+    writes its errors there, not to the log): yields a list that holds the text afterwards."""
+    out: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (embedded, CliRunner)
+        yield out
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def llama_log_tail_clear() -> None:
+    _LOG_TAIL.clear()
+
+
+def last_llama_error(anything: bool = False) -> str:
+    """The most telling recent llama.cpp log line, for an error message (`anything`: the last
+    line, whatever it says)."""
     for line in reversed(_LOG_TAIL):
-        if "error" in line.lower() or "failed" in line.lower():
+        if anything or "error" in line.lower() or "failed" in line.lower():
             return line.strip()
     return ""
 
@@ -176,7 +204,7 @@ class Model:
         with interrupt.watching():
             self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
-            detail = _last_error()
+            detail = last_llama_error()
             raise ModelFileError(
                 f"cannot load {self.path}: llama.cpp rejected it"
                 + (f" ({detail})" if detail else " (corrupt or truncated GGUF?)")
@@ -241,6 +269,11 @@ class Model:
     def token_text(self, token: int) -> bytes:
         """A token's vocabulary text (for comparing tokenizers)."""
         return llama_cpp.llama_vocab_get_text(self._vocab, token) or b""
+
+    @property
+    def vocab_ptr(self):
+        """llama.cpp's vocabulary handle (for samplers such as the grammar)."""
+        return self._vocab
 
     @property
     def bos_id(self) -> int:

@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -24,7 +25,9 @@ from pathlib import Path
 import click
 
 from . import __version__, registry, tokenview
+from .backend import Model
 from .engine import MAX_TOP_LOGPROBS, Emulator, Expert, Generation
+from .grammar import Grammar, any_json_object, schema_grammar
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, LocaleftWarning
 from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
 from .scoring import evaluate, read_items
@@ -187,6 +190,37 @@ SAMPLING_OPTIONS = _stack(
         help="Draft with the small fine-tuned model, verify in blocks (default: on with GPU "
         "offload, where it is faster; off on a CPU).",
     ),
+    opt(
+        "--grammar",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="GBNF grammar file: the output follows it (llama.cpp's grammar engine).",
+    ),
+    opt("--json-schema", metavar="FILE|JSON", help="The output is JSON matching this schema."),
+    opt("--json-output", is_flag=True, help="The output is a JSON object."),
+    opt(
+        "--repeat-penalty",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="Penalise repeats in the last --repeat-last-n tokens (1: off).",
+    ),
+    opt(
+        "--repeat-last-n",
+        type=click.IntRange(min=-1),
+        default=64,
+        show_default=True,
+        help="Tokens the penalties look back on (0: off, -1: the context).",
+    ),
+    opt("--presence-penalty", type=float, default=0.0, show_default=True),
+    opt("--frequency-penalty", type=float, default=0.0, show_default=True),
+    opt(
+        "-l",
+        "--logit-bias",
+        multiple=True,
+        metavar="ID(+|-)BIAS",
+        help="Add BIAS to token ID's logit, e.g. 15043+1 or 15043-inf (repeatable).",
+    ),
     opt("-v", "--verbose", is_flag=True, help="Timings and KV-cache reuse on stderr."),
 )
 CHAT_OR_RAW = opt("--chat/--raw", default=True, help="Chat template (default) or raw completion.")
@@ -235,9 +269,61 @@ def _resolve_models(o: dict) -> tuple[dict, dict]:
     return paths, preset.settings
 
 
+def constraint_kwargs(o: dict) -> dict:
+    """Grammar and penalty keyword arguments from the options (files read, JSON parsed)."""
+    if sum(bool(o.get(k)) for k in ("grammar", "json_schema", "json_output")) > 1:
+        raise click.UsageError("give one of --grammar, --json-schema, --json-output")
+    kw: dict = {}
+    if o.get("grammar"):
+        kw["grammar"] = _read_text(o["grammar"], "grammar")
+    elif o.get("json_schema"):
+        value = o["json_schema"]
+        text = value if value.lstrip().startswith("{") else _read_text(value, "JSON schema")
+        kw["grammar"] = schema_grammar(text)
+    elif o.get("json_output"):
+        kw["grammar"] = any_json_object()
+    if "repeat_penalty" in o:
+        kw.update(
+            repeat_penalty=o["repeat_penalty"],
+            repeat_last_n=o["repeat_last_n"],
+            presence_penalty=o["presence_penalty"],
+            frequency_penalty=o["frequency_penalty"],
+            logit_bias=_logit_bias(o.get("logit_bias") or ()),
+        )
+    return kw
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise Failure(f"{what} file {path} is not valid UTF-8 text") from None
+    except OSError as e:
+        raise Failure(f"cannot read the {what} file {path}: {e.strerror or e}") from None
+
+
+def _logit_bias(values) -> dict[int, float]:
+    out = {}
+    for v in values:
+        m = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(inf|[0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*", v)
+        if not m:
+            raise click.UsageError(f"--logit-bias {v!r}: expected ID+BIAS or ID-BIAS, e.g. 15043+1")
+        out[int(m.group(1))] = float(m.group(2) + m.group(3))
+    return out
+
+
 def open_emulator(o: dict) -> tuple[Emulator, dict]:
-    """The Emulator the options describe, and the preset's settings."""
+    """The Emulator the options describe, and the preset's settings. A grammar is checked
+    against the fine-tuned model's vocabulary before any weights load."""
+    o["constraints"] = constraint_kwargs(o)
     paths, settings = _resolve_models(o)
+    if o["constraints"].get("grammar"):
+        ft = o["experts"][0].ft if o["experts"] else paths["small_ft"]
+        head = Model(ft, vocab_only=True)
+        try:
+            Grammar(head, o["constraints"]["grammar"]).close()
+        finally:
+            head.close()
     common = dict(
         n_ctx=o["ctx_size"] or settings.get("n_ctx", 4096),
         n_threads=o["threads"],
@@ -266,6 +352,7 @@ def sampling(o: dict, settings: dict) -> dict:
         stop=list(o["stop"]) or None,
         speculative=True if o["draft"] else o["speculative"],
         draft_tokens=o["draft"],
+        **o.get("constraints", {}),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .constraints import Constraints
 from .ensemble import Ensemble
 from .sampling import Sampler
 
@@ -75,7 +76,9 @@ class Decoder:
     """Base of the strategies: the group, the contexts a request runs, its sampler and stats.
 
     `tokens(prompts)` yields token ids forever (the caller decides when to stop); it raises
-    ContextOverflowError when a context is full. `observe`, if given, sees each token's rows."""
+    ContextOverflowError when a context is full (GrammarDeadEnd when a grammar allows no
+    token). `observe`, if given, sees each token's rows (before any constraint);
+    `constraints` (penalties, grammar) shape the row each token is drawn from."""
 
     def __init__(
         self,
@@ -85,10 +88,12 @@ class Decoder:
         sampler: Sampler,
         stats: Stats,
         observe: Observer | None = None,
+        constraints: Constraints | None = None,
     ):
         self.group, self.indices = group, list(indices)
         self.beta, self.sampler, self.stats = beta, sampler, stats
         self.observe = observe
+        self.constraints = constraints
         stats.model_seconds = {group.roles[i].label: 0.0 for i in self.indices}
 
     def prefill(self, prompts: dict[int, list[int]]) -> None:
@@ -119,16 +124,24 @@ class PlainDecoder(Decoder):
         self.prefill({i: prompts[i] for i in indices})
         generated: list[int] = []
         solo = indices[0] if len(indices) == 1 else None  # a model alone gets every core
-        observe = self.observe
+        observe, constraints = self.observe, self.constraints
         while True:
             t = clock()
             rows = [r[0] for r in group.rows(indices)]  # on a GPU this waits for the device
             # With several contexts, indices are every context in order: rows line up with
             # the combiner's indices.
             combined = combiner.combine(rows)
-            tok = sampler(combined)
-            if observe is not None:
-                observe(tok, combined, dict(zip(indices, rows)))
+            if constraints is None:
+                tok = sampler(combined)
+                if observe is not None:
+                    observe(tok, combined, dict(zip(indices, rows)))
+            else:
+                if observe is not None:
+                    plain = combined.copy()  # the records show EFT before constraints
+                tok = constraints.choose(sampler, combined)
+                constraints.accept(tok)
+                if observe is not None:
+                    observe(tok, plain, dict(zip(indices, rows)))
             stats.numpy_seconds += clock() - t
             yield tok
             generated.append(tok)

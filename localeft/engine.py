@@ -23,8 +23,10 @@ from . import validate
 from .backend import Model, common_prefix
 from .decoding import PlainDecoder, Stats
 from .eft import log_softmax
+from .constraints import Constraints, GrammarDeadEnd, Penalties
 from .ensemble import Ensemble, Expert
 from .errors import ClosedError, ContextOverflowError, InvalidParameterError
+from .grammar import Grammar, schema_grammar
 from .prompts import BasePrompt, Message, Rendered, check_messages, render_pieces
 from .prompts import render_transcript, tokenize_prompt
 from .sampling import Sampler, SamplingParams
@@ -41,7 +43,7 @@ MODES = ("eft", "base", "ft")
 class Generation:
     text: str
     tokens: list[int]
-    finish_reason: str  # "eog" | "stop" | "length" | "context" | "interrupted"
+    finish_reason: str  # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted"
     stats: Stats
     seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
     logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
@@ -81,6 +83,8 @@ class _Job:
     speculative: bool
     draft_tokens: int | None
     logprobs: int | None
+    penalties: Penalties
+    grammar: Grammar | None
 
 
 MAX_TOP_LOGPROBS = 20
@@ -409,6 +413,13 @@ class Emulator:
         speculative: bool | None = None,
         draft_tokens: int | None = None,
         logprobs: int | None = None,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: dict[int, float] | None = None,
+        grammar: str | None = None,
+        json_schema: dict | str | None = None,
     ) -> _Job:
         validate.choice("mode", mode, MODES)
         if logprobs is not None:
@@ -421,6 +432,20 @@ class Emulator:
         if params.seed is None and not params.greedy:  # every sampled run can be repeated
             params = SamplingParams(temperature, top_k, top_p, min_p, secrets.randbits(31))
         indices = self.group.indices(mode)
+        penalties = Penalties.checked(
+            self.vocab.n_shared,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+        )
+        if grammar is not None and json_schema is not None:
+            raise InvalidParameterError("give grammar or json_schema, not both")
+        text = schema_grammar(json_schema) if json_schema is not None else grammar
+        if text is not None and not isinstance(text, str):
+            raise InvalidParameterError(f"grammar must be GBNF text, got {text!r}")
+        checked_grammar = None if text is None else Grammar(self._eog_model(mode), text)
         return _Job(
             indices=indices,
             prompts=self._prompts(prompt, indices),
@@ -433,12 +458,25 @@ class Emulator:
             and use_speculative(speculative, self.gpu_offload, draft_tokens),
             draft_tokens=draft_tokens,
             logprobs=logprobs,
+            penalties=penalties,
+            grammar=checked_grammar,
         )
+
+    def _eog_model(self, mode: str) -> Model:
+        """The model whose vocabulary ends generation (and renders text) in this mode."""
+        group = self.group
+        return group.roles[group.base].model if mode == "base" else group.ft_model
 
     def _decoder(self, job: _Job, stats: Stats, observe: Recorder | None):
         """The strategy for this request, over the group."""
         sampler = Sampler(job.params, self.vocab.n_shared)
-        args = (self.group, job.indices, job.beta, sampler, stats, observe)
+        constraints = None
+        if job.grammar is not None or job.penalties.active:
+            text_context = job.indices[0] if job.mode != "eft" else self.group.drafter
+            constraints = Constraints(
+                job.penalties, list(job.prompts[text_context]), job.grammar, self.n_ctx
+            )
+        args = (self.group, job.indices, job.beta, sampler, stats, observe, constraints)
         if job.speculative:
             return SpeculativeDecoder(*args, draft_tokens=job.draft_tokens)
         return PlainDecoder(*args)
@@ -447,7 +485,7 @@ class Emulator:
         group = self.group
         t0 = time.perf_counter()
         stats = Stats(prompt_tokens=max(len(p) for p in job.prompts.values()))
-        eog_model = group.roles[job.indices[0]].model if job.mode == "base" else group.ft_model
+        eog_model = self._eog_model(job.mode)
         recorder = None
         if job.logprobs is not None:
             recorder = Recorder(group, job.indices, eog_model, job.logprobs)
@@ -475,6 +513,8 @@ class Emulator:
                     break
         except ContextOverflowError:
             finish = "context"
+        except GrammarDeadEnd:
+            finish = "grammar"
         except (GeneratorExit, KeyboardInterrupt):
             finish = "interrupted"
             raise

@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import MAX_OUTPUTS
 from .decoding import Decoder
+from .constraints import GrammarDeadEnd
 from .errors import ContextOverflowError
 from .sampling import Dist
 
@@ -93,7 +94,17 @@ class SpeculativeDecoder(Decoder):
         self.combiner = self.group.combiner(self.beta, rows=self.k_max + 1)
         d_vocab = self.group.roles[self.group.drafter].ctx.n_vocab
         self._q_logits = np.empty((self.k_max + 1, d_vocab), dtype=np.float32)
+        if self.constraints is not None:  # constrained copies: the raw rows feed the target
+            self._scratch = np.empty((self.k_max + 1, self.group.n_vocab), dtype=np.float32)
         self.stats.speculative = True
+
+    def _dist(self, state, row: np.ndarray, j: int):
+        """The (constrained) distribution of one row, as sampling would see it."""
+        if state is None:
+            return self.sampler.dist(row)
+        scratch = self._scratch[j]
+        np.copyto(scratch, row)
+        return state.dist(self.sampler, scratch)
 
     def _adapt(self, n_accepted: int, k: int) -> None:
         if self.fixed:
@@ -119,18 +130,30 @@ class SpeculativeDecoder(Decoder):
             k = min(self.k, room)
             stats.draft_tokens = k
             group.owner = self
-            # Draft k tokens from q, keeping the drafter's raw logits for the target.
+            # Draft k tokens from q, keeping the drafter's raw logits for the target. With
+            # constraints, states[j] is their state after draft[:j] (p and q share it).
+            states = [self.constraints]
+            constrained = states[0] is not None
             t = clock()
             with group.alone(d):
                 row = drafter.ctx.sync(prompts[d] + gen, 1)[0]
                 qs, draft = [], []
                 for j in range(k):
                     self._q_logits[j] = row
-                    q = sampler.dist(self._q_logits[j, :n])
+                    try:
+                        q = self._dist(states[j] if constrained else None, self._q_logits[j, :n], j)
+                    except GrammarDeadEnd:
+                        if j == 0:
+                            raise
+                        break  # draft what can be drafted; the target decides the rest
                     qs.append(q)
                     draft.append(sampler.sample(q))
+                    if constrained:
+                        states.append(states[j].branch())
+                        states[j + 1].accept(draft[-1])
                     if j < k - 1:
                         row = drafter.ctx.eval([draft[-1]], 1)[0]
+            k = len(draft)
             dt = clock() - t
             stats.draft_seconds += dt
             secs[drafter.label] += dt
@@ -140,7 +163,7 @@ class SpeculativeDecoder(Decoder):
             rows[d] = self._q_logits[:k]
             t1 = clock()
             target = self.combiner.combine([r[:k] for r in rows])
-            ps = [sampler.dist(target[j]) for j in range(k)]
+            ps = [self._dist(states[j] if constrained else None, target[j], j) for j in range(k)]
             n_acc, rest = accept(ps, qs, draft, sampler.rng)
             observe = self.observe
             if observe is not None:  # accepted tokens, at their positions in the block
@@ -150,19 +173,22 @@ class SpeculativeDecoder(Decoder):
             at = n_acc  # the position of the token drawn below
             if rest is None:  # all accepted: the bonus token comes from p_k
                 t2 = clock()
-                with group.alone(d):
-                    self._q_logits[k] = drafter.ctx.eval([draft[-1]], 1)[0]
+                with group.alone(d):  # (a draft cut short by the grammar is decoded already)
+                    self._q_logits[k] = drafter.ctx.sync(prompts[d] + gen + draft, 1)[0]
                 bonus_eval = clock() - t2
                 secs[drafter.label] += bonus_eval
                 rows[d] = self._q_logits[k : k + 1]
                 for i in verifiers:
                     rows[i] = roles[i].ctx.logits(k + 1)[k:]
                 target = self.combiner.combine(rows)
-                rest = sampler.dist(target[0])
+                rest = self._dist(states[k] if constrained else None, target[0], k)
                 at = 0
             nxt = sampler.sample(rest)
             if observe is not None:
                 observe(nxt, target[at], {i: r[at] for i, r in enumerate(rows)})
+            if constrained:  # the real state moves past accepted tokens only
+                self.constraints = states[n_acc]
+                self.constraints.accept(nxt)
             stats.numpy_seconds += clock() - t1 - bonus_eval
             stats.verify_seconds += clock() - t
             stats.drafted += k
