@@ -5,11 +5,21 @@ renormalised result of the one before. `Sampler.dist` turns logits into the exac
 that `Sampler.sample` draws from; speculative decoding applies the same `dist` to the target and
 the draft.
 
-Speed: no full sort and no Python loop over the vocabulary. The kept set is found with cheap
-threshold counts; only that (small) set is sorted. Tokens more than DROP nats below the top token
-(after temperature) are dropped: with 152k tokens their total mass is below 1e-16 of the top
-token's, under float64 resolution (a plain temperature draw, which never normalises, leaves them
-in; they cannot change its float64 sums).
+Order among tokens: by logit, ties by lower id first (a stable sort's order); every path keeps
+exactly the tokens a full stable sort would keep.
+
+Speed, for any row shape (peaked, flat, plateaus of ties, bimodal): no sort of the vocabulary and
+no Python loop over it. Small kept sets (top-k, a peaked top-p nucleus) are found with threshold
+counts and only they are sorted. Large ones (top-p or min-p over a flat row) are never listed
+when sampling: a token is drawn from the unfiltered weights and kept if it passes the filters
+(its rank and the mass ranked before it are one count and one masked sum); a rejected token
+bounds the kept set from below, so the next draw comes from the tokens ranked before it. That is
+rejection sampling from a superset of the kept set, so the draw follows the filtered
+distribution exactly. `dist` (which must list the set) finds a large cut by bisecting on the
+mass above a threshold and sorts only the tokens near the cut. Tokens more than DROP nats below
+the top token (after temperature) are dropped: with 152k tokens their total mass is below 1e-16
+of the top token's, under float64 resolution (a plain temperature draw, which never normalises,
+leaves them in; they cannot change its float64 sums).
 """
 
 from __future__ import annotations
@@ -89,19 +99,25 @@ class Dist:
         return int(self.ids[j])
 
 
-def draw_dense(weights: np.ndarray, u: float) -> int:
-    """Inverse-CDF draw over unnormalised weights by id, with a uniform u in [0, 1): float64
-    sums of blocks pick the block, a cumulative sum inside it the token (no vocabulary-sized
-    cumsum)."""
+def block_sums(weights: np.ndarray) -> np.ndarray:
+    """Cumulative float64 sums of 4096-token blocks (the last one is the total)."""
     n = weights.size
     full = n - n % _BLOCK
     sums = np.empty(-(-n // _BLOCK))  # float64 sums, summed in buffered chunks: no float64 copy
     weights[:full].reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64, out=sums[: full // _BLOCK])
     if full < n:
         sums[-1] = weights[full:].sum(dtype=np.float64)
-    cum = np.cumsum(sums)
+    return np.cumsum(sums, out=sums)
+
+
+def draw_dense(weights: np.ndarray, u: float, cum: np.ndarray | None = None) -> int:
+    """Inverse-CDF draw over unnormalised weights by id, with a uniform u in [0, 1): float64
+    sums of blocks pick the block, a cumulative sum inside it the token (no vocabulary-sized
+    cumsum). `cum`: the weights' block_sums, if known."""
+    if cum is None:
+        cum = block_sums(weights)
     target = u * cum[-1]
-    b = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)
+    b = min(int(np.searchsorted(cum, target, side="right")), cum.size - 1)
     lo = b * _BLOCK
     inner = np.cumsum(weights[lo : lo + _BLOCK], dtype=np.float64)
     offset = target - (cum[b - 1] if b else 0.0)
@@ -118,40 +134,174 @@ def _inverse(temperature: float) -> float:
 class Sampler:
     """Applies SamplingParams to logits vectors; owns the seeded random generator."""
 
+    SMALL = 4096  # kept sets up to this size are listed and sorted; larger ones are not
+
     def __init__(self, params: SamplingParams, n_vocab: int):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self._buf = np.empty(n_vocab, dtype=np.float32)
+        self._tmp = np.empty(n_vocab, dtype=np.float32)
         self._mask = np.empty(n_vocab, dtype=bool)  # x >= t tests, without allocating
+        self._keep = np.empty(n_vocab, dtype=bool)  # the superset a rejection loop draws from
 
     def _at_least(self, x: np.ndarray, t: float) -> np.ndarray:
         return np.greater_equal(x, t, out=self._mask[: x.size])
 
-    def _count_threshold(self, z: np.ndarray, top: float, k: int) -> float:
-        """A threshold t with at least k logits >= t and, unless ties prevent it, at most
-        max(4k, 256): widen the distance below the top by 4x until k tokens lie within it, then
-        bisect while far more do. (Widening alone overshot on peaked rows: a handful of tokens
-        within 16 nats, the whole vocabulary within 64, then a full sort took 20 ms.)"""
+    # --- order statistics without sorting -----------------------------------------------------
+    def _kth(self, z: np.ndarray, top: float, k: int) -> tuple[float, int]:
+        """The k-th largest logit v and how many logits exceed it (< k <= count(z >= v)):
+        widen the distance below the top by 4x until k tokens lie within it, then bisect on
+        counts until few tokens lie between the bounds, and pick among those. A plateau of
+        equal logits is recognised as ties at v (count(z > v) < k), never sorted."""
+        n = z.size
 
-        def count(delta: float) -> int:
-            return int(np.count_nonzero(self._at_least(z, top - delta)))
+        def count(v: float) -> int:
+            return int(np.count_nonzero(self._at_least(z, v)))
 
-        lo, hi = 0.0, 1.0
-        n_hi = count(hi)
-        while n_hi < k and hi < 1e6:
-            lo, hi = hi, hi * 4.0
-            n_hi = count(hi)
-        for _ in range(40):
-            if n_hi <= max(4 * k, 256):
+        def above(v: float) -> int:
+            return int(np.count_nonzero(np.greater(z, v, out=self._mask[:n])))
+
+        n_hi = count(top)
+        if n_hi >= k:  # ties at the top
+            return top, 0
+        hi, delta = top, 1.0  # count(>= hi) < k <= count(>= lo)
+        lo = top - delta
+        while count(lo) < k:
+            if delta > 1e30:  # the rest is -inf
+                return -math.inf, above(-math.inf)
+            hi, n_hi, delta = lo, count(lo), delta * 4.0
+            lo = top - delta
+        n_lo, lowered = count(lo), 0
+        for _ in range(80):
+            if n_lo - n_hi <= 256:
                 break
-            mid = (lo + hi) / 2
+            mid = lo + (hi - lo) / 2
+            if lowered >= 3 or not lo < mid < hi:  # hi keeps falling onto lo: a plateau?
+                a = above(lo)
+                if a < k:
+                    return lo, a  # lo itself is the k-th value
+                lowered = 0
+            if not lo < mid < hi:
+                break
             n_mid = count(mid)
             if n_mid >= k:
-                hi, n_hi = mid, n_mid
+                lo, n_lo, lowered = mid, n_mid, 0
+            else:
+                hi, n_hi, lowered = mid, n_mid, lowered + 1
+        inside = np.less(z, hi, out=self._keep[:n])
+        between = z[np.logical_and(inside, self._at_least(z, lo), out=inside)]
+        m = k - n_hi  # the k-th overall is the m-th largest between the bounds
+        if between.min() == between.max():
+            v = float(between[0])
+        else:
+            v = float(np.partition(between, between.size - m)[between.size - m])
+        return v, above(v)
+
+    def _top_ids(self, z: np.ndarray, top: float, k: int) -> np.ndarray:
+        """The k highest-ranked ids, in rank order (logit descending, ties by id)."""
+        v, n_above = self._kth(z, top, k)
+        higher = np.flatnonzero(np.greater(z, v, out=self._mask[: z.size]))
+        higher = higher[np.argsort(-z[higher], kind="stable")]
+        return np.concatenate([higher, self._first_equal(z, v, k - n_above)])
+
+    @staticmethod
+    def _first_equal(z: np.ndarray, v: float, m: int) -> np.ndarray:
+        """The m lowest ids whose logit equals v (scanning in chunks: ties are often many)."""
+        found = []
+        need = m
+        for start in range(0, z.size, 16384):
+            ids = np.flatnonzero(z[start : start + 16384] == v)[:need] + start
+            found.append(ids)
+            need -= ids.size
+            if need <= 0:
+                break
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def _mass_above(self, z: np.ndarray, w: np.ndarray, v: float) -> float:
+        """Σ w over z > v, in float64 (no allocation)."""
+        n = z.size
+        np.multiply(w, np.greater(z, v, out=self._mask[:n]), out=self._tmp[:n])
+        return float(self._tmp[:n].sum(dtype=np.float64))
+
+    def _before_below(self, z: np.ndarray, w: np.ndarray, t: int, limit: float) -> bool:
+        """Is the mass ranked before token t below `limit`? A float32 sum decides (half the
+        cost of a float64 one); within its rounding of the limit, the float64 sum does."""
+        n = z.size
+        zt = z[t]
+        ties = int(np.count_nonzero(np.equal(z[:t], zt, out=self._mask[:t]))) if t else 0
+        tmp = np.multiply(w, np.greater(z, zt, out=self._mask[:n]), out=self._tmp[:n])
+        mass = float(tmp.sum()) + ties * float(w[t])  # float32 pairwise sum
+        if abs(mass - limit) > 1e-4 * limit:
+            return mass < limit
+        return float(tmp.sum(dtype=np.float64)) + ties * float(w[t]) < limit
+
+    def _rank(self, z: np.ndarray, t: int) -> int:
+        zt = z[t]
+        above = int(np.count_nonzero(np.greater(z, zt, out=self._mask[: z.size])))
+        return above + (int(np.count_nonzero(np.equal(z[:t], zt, out=self._mask[:t]))) if t else 0)
+
+    def _ranked_before(self, z: np.ndarray, t: int, out: np.ndarray) -> np.ndarray:
+        """out[i] = token i is ranked before token t."""
+        np.greater(z, z[t], out=out)
+        if t:
+            out[:t] |= np.equal(z[:t], z[t], out=self._mask[:t])
+        return out
+
+    def _mass_above_near(self, z: np.ndarray, w: np.ndarray, v: float, limit: float) -> float:
+        """Σ w over z > v: a float32 sum, or the float64 one when that lands within rounding
+        of `limit` (a comparison with the limit is all that is asked of it)."""
+        n = z.size
+        tmp = np.multiply(w, np.greater(z, v, out=self._mask[:n]), out=self._tmp[:n])
+        mass = float(tmp.sum())
+        return mass if abs(mass - limit) > 1e-4 * limit else float(tmp.sum(dtype=np.float64))
+
+    def _cut(self, z: np.ndarray, w: np.ndarray, limit: float, top: float) -> None:
+        """Zero the weights past top-p's cut, in place: the kept set is the shortest rank-order
+        prefix whose mass reaches `limit`. Bisect on the mass above a threshold until few
+        tokens lie near the cut (sorted, then) or they are all one value (ties: taken by id,
+        counted, not sorted)."""
+        n = z.size
+
+        def above(v: float) -> int:
+            return int(np.count_nonzero(np.greater(z, v, out=self._mask[:n])))
+
+        lo, hi = float(np.nextafter(z.min(), -np.inf)), top  # mass(>lo) >= limit > mass(>hi)
+        same, last_near = 0, -1
+        for _ in range(60):
+            near = above(lo) - above(hi)
+            if near <= self.SMALL:
+                break
+            same = same + 1 if near == last_near else 0
+            if same >= 3:  # halving the bracket no longer sheds tokens: one tied value
+                break
+            last_near = near
+            mid = lo + (hi - lo) / 2
+            if not lo < mid < hi:
+                break
+            if self._mass_above_near(z, w, mid, limit) < limit:
+                hi = mid
             else:
                 lo = mid
-        return top - hi
+        m_hi = self._mass_above(z, w, hi)
+        ids = np.flatnonzero((z > lo) & (z <= hi))
+        values = z[ids]
+        if ids.size > self.SMALL and values.min() == values.max():  # a plateau: count ties
+            wv = float(w[ids[0]])
+            m = max(1, min(ids.size, math.ceil((limit - m_hi) / wv)))
+            while m > 1 and m_hi + (m - 1) * wv >= limit:
+                m -= 1
+            while m < ids.size and m_hi + m * wv < limit:
+                m += 1
+            last = int(ids[m - 1])
+        else:
+            order = np.argsort(-values, kind="stable")
+            cum = m_hi + np.cumsum(w[ids[order]], dtype=np.float64)
+            last = int(ids[order][min(int(np.searchsorted(cum, limit, side="left")), ids.size - 1)])
+        zl = z[last]
+        np.multiply(w, np.greater_equal(z, zl, out=self._mask[:n]), out=w)
+        w[last + 1 :][z[last + 1 :] == zl] = 0.0  # ties ranked after the cut token
 
+    # --- the distribution ---------------------------------------------------------------------
     def dist(self, logits: np.ndarray) -> Dist:
         """The exact distribution sampling draws from, after every transform."""
         p = self.params
@@ -165,46 +315,47 @@ class Sampler:
             buf = self._weights(logits, top, inv_t)
             buf[np.less(buf, math.exp(-DROP), out=self._mask[:n])] = 0.0
             return Dist(None, buf / buf.sum(dtype=np.float64))  # a copy: Dists outlive the call
-        # Candidates: a superset of what the filters keep, found without sorting the vocabulary.
-        total = None  # the mass top-p is relative to
+        if top_k and p.top_k <= self.SMALL:
+            ids = self._top_ids(logits, top, p.top_k)
+            return self._finish(logits, ids, top, inv_t, ranked=True)
+        if not top_k and p.top_p < 1:
+            fast = self._nucleus_from_head(logits, top, inv_t)
+            if fast is not None:
+                ids, w = fast
+                if p.min_p > 0:
+                    keep = w >= p.min_p * w[0]
+                    ids, w = ids[keep], w[keep]
+                return Dist(ids, w / w.sum())
+        # Large sets: thresholds over the whole row, never a sort of it; a dense result.
+        w = self._weights(logits, top, inv_t)
         if top_k:
-            floor = max(top - DROP * p.temperature, self._count_threshold(logits, top, p.top_k))
-            if p.min_p > 0 and p.top_p == 1:
-                floor = max(floor, top + p.temperature * math.log(p.min_p))
-            ids = np.flatnonzero(self._at_least(logits, floor))
-        elif p.top_p < 1 and (fast := self._nucleus_from_head(logits, top, inv_t)) is not None:
-            ids, w = fast
-            if p.min_p > 0:
-                keep = w >= p.min_p * w[0]
-                ids, w = ids[keep], w[keep]
-            return Dist(ids, w / w.sum())
-        elif p.top_p < 1:
-            # Widen a weight threshold until the tokens above it hold top_p of the mass: the
-            # nucleus (a prefix of the sorted order) lies inside that set.
-            buf = self._weights(logits, top, inv_t)
-            total = float(buf.sum(dtype=np.float64))
-            if 1.0 >= p.top_p * total:  # the top token alone is the nucleus (common)
-                return Dist(np.array([int(np.argmax(logits))]), np.ones(1))
-            for c in (1e-2, 1e-4, 1e-7, math.exp(-DROP)):
-                c = max(c, p.min_p)
-                kept = np.sum(buf, where=self._at_least(buf, c), dtype=np.float64)
-                if c == p.min_p or kept >= p.top_p * total:
-                    break
-            ids = np.flatnonzero(self._at_least(buf, c))
-        else:  # min-p only
-            ids = np.flatnonzero(self._at_least(logits, top + p.temperature * math.log(p.min_p)))
-        z = logits[ids].astype(np.float64)
-        order = np.argsort(-z, kind="stable")
-        ids, z = ids[order], z[order]
-        if top_k:
-            ids, z = ids[: p.top_k], z[: p.top_k]
-        w = np.exp((z - top) * inv_t)
+            v, above = self._kth(logits, top, p.top_k)
+            keep = np.greater(logits, v, out=self._keep[:n])
+            keep[self._first_equal(logits, v, p.top_k - above)] = True
+            np.multiply(w, keep, out=w)
         if p.top_p < 1:
-            cum = np.cumsum(w) / (w.sum() if total is None else total)
+            self._cut(logits, w, p.top_p * float(w.sum(dtype=np.float64)), top)
+        if p.min_p > 0:  # relative to the top token's weight, 1
+            np.multiply(w, np.greater_equal(w, p.min_p, out=self._mask[:n]), out=w)
+        probs = logits.astype(np.float64)  # float64 weights, as listed sets get; and a copy
+        probs -= top
+        probs *= inv_t
+        np.exp(probs, out=probs)
+        probs *= w > 0
+        probs /= probs.sum()
+        return Dist(None, probs)
+
+    def _finish(self, logits, ids, top, inv_t, ranked: bool) -> Dist:
+        """Top-p (on a listed set in rank order) and min-p; float64 probabilities."""
+        p = self.params
+        z = logits[ids].astype(np.float64)
+        w = np.exp((z - top) * inv_t)
+        if ranked and p.top_p < 1:
+            cum = np.cumsum(w) / w.sum()
             cut = int(np.searchsorted(cum, p.top_p, side="left")) + 1
             ids, w = ids[:cut], w[:cut]
         if p.min_p > 0:
-            keep = w >= p.min_p * w[0]
+            keep = w >= p.min_p * w.max()
             ids, w = ids[keep], w[keep]
         return Dist(ids, w / w.sum())
 
@@ -215,7 +366,7 @@ class Sampler:
         Real models' rows are peaked, so this usually avoids an exp over the vocabulary."""
         n = logits.size
         head = self._at_least(logits, top - HEAD / inv_t)
-        if np.count_nonzero(head) > 4096:  # a flat row: not worth listing
+        if np.count_nonzero(head) > self.SMALL:  # a flat row: not worth listing
             return None
         ids = np.flatnonzero(head)
         z = logits[ids].astype(np.float64)
@@ -237,6 +388,7 @@ class Sampler:
             buf *= inv_t
         return np.exp(buf, out=buf)
 
+    # --- drawing ------------------------------------------------------------------------------
     def sample(self, dist: Dist) -> int:
         if dist.ids is not None and dist.ids.size == 1:
             return int(dist.ids[0])
@@ -247,7 +399,59 @@ class Sampler:
         p = self.params
         if p.greedy:
             return int(np.argmax(logits))
-        if not p.filtered:  # plain temperature: draw from the weights, never normalised
+        n = logits.size
+        top_k = 0 < p.top_k < n
+        if not (top_k or p.top_p < 1 or p.min_p > 0):  # plain temperature: never normalised
             weights = self._weights(logits, float(logits.max()), _inverse(p.temperature))
             return draw_dense(weights, float(self.rng.random()))
-        return self.sample(self.dist(logits))
+        if top_k and p.top_k <= self.SMALL:
+            return self.sample(self.dist(logits))
+        top, inv_t = float(logits.max()), _inverse(p.temperature)
+        if not top_k and p.top_p == 1:  # min-p alone: a threshold on the weights
+            w = self._weights(logits, top, inv_t)
+            np.multiply(w, np.greater_equal(w, p.min_p, out=self._mask[:n]), out=w)
+            return draw_dense(w, float(self.rng.random()))
+        if not top_k and p.top_p < 1:
+            fast = self._nucleus_from_head(logits, top, inv_t)
+            if fast is not None:
+                return self.sample(self._fast_dist(*fast))
+        return self._rejection(logits, top, inv_t)
+
+    def _fast_dist(self, ids: np.ndarray, w: np.ndarray) -> Dist:
+        if self.params.min_p > 0:
+            keep = w >= self.params.min_p * w[0]
+            ids, w = ids[keep], w[keep]
+        return Dist(ids, w / w.sum())
+
+    def _rejection(self, z: np.ndarray, top: float, inv_t: float) -> int:
+        """Draw from the unfiltered weights; keep the token if it passes top-k, top-p and
+        min-p; else draw again among the tokens ranked before it (every token ranked after a
+        rejected one fails the same filter). Exact: each draw comes from a superset of the
+        kept set, weighted as the kept set is."""
+        p = self.params
+        n = z.size
+        w = self._weights(z, top, inv_t)
+        cum = block_sums(w)
+        top_k = 0 < p.top_k < n
+        limit = math.inf
+        if p.top_p < 1:
+            if top_k:  # top-p is relative to the mass top-k kept
+                v, above = self._kth(z, top, p.top_k)
+                mass = self._mass_above(z, w, v) + (p.top_k - above) * math.exp((v - top) * inv_t)
+            else:
+                mass = float(cum[-1])
+            limit = p.top_p * mass
+        pool = None
+        for _ in range(64):
+            u = float(self.rng.random())
+            if pool is None:
+                t = draw_dense(w, u, cum)
+            else:
+                t = draw_dense(np.multiply(w, pool, out=self._tmp[:n]), u)
+            ok = (not top_k or self._rank(z, t) < p.top_k) and (p.min_p == 0 or w[t] >= p.min_p)
+            if ok and p.top_p < 1:
+                ok = self._before_below(z, w, t, limit)
+            if ok:
+                return t
+            pool = self._ranked_before(z, t, self._keep[:n])
+        return self.sample(self.dist(z))  # (64 rejections in a row: take the listed way)

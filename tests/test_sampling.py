@@ -24,6 +24,14 @@ def reference_kept(logits, t, top_k, top_p, min_p):
     return dict(zip(order.tolist(), (w / w.sum()).tolist()))
 
 
+def kept(d) -> dict[int, float]:
+    """A Dist as {id: probability} over the tokens it keeps (listed or dense)."""
+    if d.ids is None:
+        ids = np.flatnonzero(d.probs > 0)
+        return dict(zip(ids.tolist(), d.probs[ids].tolist()))
+    return dict(zip(d.ids.tolist(), d.probs.tolist()))
+
+
 CASES = [
     dict(temperature=1.0, top_k=40),
     dict(temperature=0.7, top_p=0.9),
@@ -48,8 +56,8 @@ def test_filters_keep_exactly_the_right_tokens(case, n):
             case.get("top_p", 1.0),
             case.get("min_p", 0.0),
         )
-        assert set(d.ids.tolist()) == set(ref)
-        got = dict(zip(d.ids.tolist(), d.probs.tolist()))
+        got = kept(d)
+        assert set(got) == set(ref)
         assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
 
 
@@ -144,7 +152,7 @@ def test_top_p_on_peaked_distributions(spike):
     logits[123] += spike
     for top_p in (0.5, 0.9, 0.99):
         d = Sampler(SamplingParams(temperature=0.8, top_p=top_p), 5000).dist(logits)
-        assert set(d.ids.tolist()) == set(reference_kept(logits, 0.8, 0, top_p, 0.0))
+        assert set(kept(d)) == set(reference_kept(logits, 0.8, 0, top_p, 0.0))
 
 
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
@@ -191,3 +199,80 @@ def test_a_step_allocates_nothing_vocabulary_sized(case):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < n, peak  # the smallest vocabulary-sized array, a bool mask, is n bytes
+
+
+def shaped_rows(n: int) -> dict[str, np.ndarray]:
+    """Rows no language model writes but random-weight models and edge cases do: flat
+    (Gaussian noise of a random model), plateaus of exactly tied logits, all equal, bimodal."""
+    rng = np.random.default_rng(9)
+    plateau = np.full(n, -5.0, dtype=np.float32)
+    plateau[: n // 3] = 0.0
+    plateau[n // 3 : n // 3 + 3] = 0.5
+    bimodal = np.concatenate(
+        [rng.standard_normal(n // 2) * 0.5 + 4, rng.standard_normal(n - n // 2) * 0.5]
+    ).astype(np.float32)
+    return {
+        "flat": (rng.standard_normal(n) * 0.3).astype(np.float32),
+        "plateau": plateau,
+        "all equal": np.zeros(n, dtype=np.float32),
+        "bimodal": bimodal[rng.permutation(n)],
+    }
+
+
+SHAPE_CASES = [
+    dict(temperature=1.0, top_p=0.5),
+    dict(temperature=0.8, top_p=0.9),
+    dict(temperature=1.0, min_p=0.6),
+    dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
+    dict(temperature=1.0, top_k=6000, top_p=0.7),
+    dict(temperature=2.0, top_k=1000),
+]
+
+
+@pytest.mark.parametrize("case", SHAPE_CASES)
+@pytest.mark.parametrize("shape", ["flat", "plateau", "all equal", "bimodal"])
+def test_every_row_shape_keeps_exactly_the_right_tokens(shape, case):
+    n = 151936
+    logits = shaped_rows(n)[shape]
+    d = Sampler(SamplingParams(**case), n).dist(logits)
+    ref = reference_kept(
+        logits,
+        case["temperature"],
+        case.get("top_k", 0),
+        case.get("top_p", 1.0),
+        case.get("min_p", 0.0),
+    )
+    got = kept(d)
+    assert set(got) == set(ref)
+    assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+
+
+@pytest.mark.parametrize("shape", ["flat", "plateau", "bimodal"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(temperature=1.0, top_p=0.5),
+        dict(temperature=1.0, min_p=0.8),
+        dict(temperature=0.9, top_k=6000, top_p=0.8),
+    ],
+)
+def test_draws_on_flat_rows_follow_the_filtered_distribution(shape, case):
+    """The sampling path for large kept sets draws without listing them (rejection from the
+    tokens ranked before a rejected draw): draws pooled into 16 bins of equal expected mass
+    pass a chi-square test, and never fall outside the kept set."""
+    n = 12000
+    logits = shaped_rows(n)[shape]
+    s = Sampler(SamplingParams(seed=3, **case), n)
+    p = s.dist(logits).dense(n)
+    draws = np.array([s(logits) for _ in range(6000)])
+    assert p[draws].min() > 0
+    order = np.argsort(-p, kind="stable")
+    cum = np.cumsum(p[order])
+    bins = np.empty(n, dtype=int)
+    bins[order] = np.minimum((cum - p[order] / 2) * 16, 15).astype(int)
+    expected = np.bincount(bins, weights=p, minlength=16) * draws.size
+    observed = np.bincount(bins[draws], minlength=16)
+    keep = expected > 5
+    chi2 = (((observed[keep] - expected[keep]) ** 2) / expected[keep]).sum()
+    dof = keep.sum() - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * max(dof, 1)), (chi2, dof)
