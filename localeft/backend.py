@@ -435,6 +435,12 @@ class Context:
 
     __del__ = close
 
+    def set_step_threads(self, n: int) -> None:
+        """Threads for single-token steps from now on (a CPU layout change)."""
+        self.n_threads_step = n
+        if not self._all:
+            llama_cpp.llama_set_n_threads(self._ctx, n, n)
+
     @contextlib.contextmanager
     def all_threads(self):
         """Use n_threads_batch for everything meanwhile (a context that usually shares the CPU

@@ -160,7 +160,7 @@ def run(
         long_prompt = long_prompt[: len(long_prompt) * 3 // 4]
     g = em.generate(long_prompt, max_tokens=1, speculative=False)
     prompt_tps = g.stats.prompt_evaluated / g.stats.prompt_seconds
-    em.chat(PROMPT, max_tokens=2, speculative=False)  # warm-up
+    em.chat(PROMPT, max_tokens=12, speculative=False)  # warm-up; the CPU layout is decided
     real_rows = [r.ctx.logits(1)[0].copy() for r in em.group.roles]  # one real step's rows
     engine_peak = peak_rss_bytes()
 
@@ -173,7 +173,8 @@ def run(
         for a in alone.values():
             a.decode_seconds(prompt_ids, 2)  # warm-up
 
-    if em.overlap:
+    if em.group.has_layouts:  # both CPU layouts, forced, beside the measured choice
+        variants["eft_overlap"] = {}
         variants["eft_sequential"] = {}
     times: dict[str, list[float]] = {name: [] for name in [*variants, *alone]}
     last_stats = {}
@@ -181,8 +182,8 @@ def run(
         order = list(variants) + list(alone)
         order = order[rep % len(order) :] + order[: rep % len(order)]  # alternate the order
         for name in order:
-            if name == "eft_sequential":  # the same engine with overlap off, for comparison
-                with em.group.sequential():
+            if name in ("eft_overlap", "eft_sequential"):  # the same engine, layout forced
+                with em.group.layout_as(name.removeprefix("eft_")):
                     g = em.chat(PROMPT, **kw, speculative=False)
                 times[name].append(g.stats.decode_seconds / max(g.stats.generated_tokens, 1))
             elif name in variants:
@@ -200,7 +201,8 @@ def run(
         "machine": {
             "threads": n_threads,
             "gpu_layers": n_gpu_layers,
-            "overlap": em.overlap,
+            "layout": em.group.layout,
+            "layout_probe_ms": em.group.layout_probe,
             "repack": repack,
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
         },
@@ -233,8 +235,10 @@ def run(
             "eft_vs_sum_of_models": med["eft"] / total,
             "eft_speed_vs_large_alone": med["large_base"] / med["eft"],
         }
-        if "eft_sequential" in med:
-            result["ratios"]["eft_sequential_vs_sum_of_models"] = med["eft_sequential"] / total
+        for name in ("eft_overlap", "eft_sequential"):
+            if name in med:
+                result["ratios"][f"{name}_vs_sum_of_models"] = med[name] / total
+        result["ratios"]["eft_vs_large_alone"] = med["eft"] / med["large_base"]
         if "eft_speculative" in med:
             result["ratios"]["speculative_speed_vs_eft"] = med["eft"] / med["eft_speculative"]
             result["ratios"]["speculative_speed_vs_large_alone"] = (
@@ -262,6 +266,14 @@ def format_table(r: dict) -> str:
         f"tokens={r['n_tokens']} reps={r['reps']} sampling={r['sampling'] or 'greedy'}",
         "",
     ]
+    probe = r["machine"].get("layout_probe_ms")
+    if probe:
+        lines.insert(
+            1,
+            f"CPU layout: {r['machine']['layout']} (measured on the first steps: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in probe.items())
+            + ")",
+        )
     lines.append(f"{'variant':<22}{'ms/token':>10}{'tok/s':>9}")
     for k, v in r["ms_per_token"].items():
         lines.append(f"{k:<22}{v:>10.1f}{r['tokens_per_second'][k]:>9.2f}")

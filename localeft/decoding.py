@@ -38,6 +38,8 @@ class Stats:
     verifications: int = 0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    layout: str = ""  # CPU layout of EFT steps: overlap | sequential ("" where moot)
+    layout_probe: dict[str, float] | None = None  # median ms per step of each, once measured
 
     @property
     def decode_seconds(self) -> float:

@@ -184,7 +184,6 @@ class Emulator:
             repack=repack,
         )
         self.gpu_offload = self.group.gpu_offload
-        self.overlap = self.group.overlap
 
     # --- settings --------------------------------------------------------------------------
     @property
@@ -194,6 +193,11 @@ class Emulator:
     @beta.setter
     def beta(self, value: float) -> None:
         self._beta = validate.beta(value)
+
+    @property
+    def overlap(self) -> bool:
+        """On a CPU: the base model decodes beside the others (else one after another)."""
+        return self.group.overlap
 
     @property
     def vocab(self) -> VocabCheck:
@@ -523,6 +527,8 @@ class Emulator:
             rest = out_text.finish() if finish != "interrupted" else ""
             stats.generated_tokens = len(tokens)
             stats.seconds = time.perf_counter() - t0
+            if len(job.indices) > 1 and group.has_layouts:
+                stats.layout, stats.layout_probe = group.layout, group.layout_probe
             records = None if recorder is None else recorder.records[: len(tokens)]
             out.generation = Generation(
                 out_text.text, list(tokens), finish, stats, job.params.seed, records

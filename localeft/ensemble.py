@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import threading
 import time
 import warnings
@@ -53,11 +54,16 @@ class Expert:
     weight: float = 1.0
 
 
+PROBE = ("overlap", "sequential", "sequential", "overlap") * 2  # the first 8 EFT steps
+
+
 class Ensemble:
     """Loaded models and one context per (file, kind), driven together.
 
-    `overlap` (None: on for CPU-only runs with 2+ threads) decodes the base model concurrently
-    with the others in single-token steps, the cores split in proportion to model size.
+    `overlap` chooses the CPU layout of single-token steps: True decodes the base model
+    concurrently with the others, the cores split in proportion to model size; False runs
+    them one after another with every core; None (default) measures both on the first EFT
+    steps and keeps the faster (`layout`, `layout_probe`).
     """
 
     def __init__(
@@ -111,7 +117,7 @@ class Ensemble:
             cores,
             enabled=overlap is not False and not self.gpu_offload,
         )
-        self.overlap = step is not None
+        self._split, self._cores = step, cores
         index = {}
         for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
             label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
@@ -124,7 +130,12 @@ class Ensemble:
         self.terms = [(at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(experts)]
         self.drafter = self.terms[drafter][0]  # the fine-tuned context that drafts and runs alone
         self.files = {label: p for p, _, label in keys}  # every role, shared files included
-        if self.overlap:
+        # CPU layout: measured, unless forced (overlap=True/False) or moot (GPU, one core).
+        self.layout = "overlap" if step is not None else "sequential"
+        self.layout_probe: dict[str, float] | None = None
+        self._probe = list(PROBE) if step is not None and overlap is None else None
+        self._probe_times: dict[str, list[float]] = {"overlap": [], "sequential": []}
+        if step is not None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
 
     @staticmethod
@@ -204,13 +215,41 @@ class Ensemble:
         the device)."""
         return [self.roles[i].ctx.logits(n) for i in indices]
 
+    @property
+    def has_layouts(self) -> bool:
+        """A CPU run with 2+ cores and contexts: overlap and sequential both exist."""
+        return self._split is not None
+
+    @property
+    def overlap(self) -> bool:
+        """The base decodes beside the other contexts (else one after another)."""
+        return self.layout == "overlap"
+
+    def _use(self, layout: str) -> None:
+        """Set every context's step threads for a layout: overlap splits the cores by model
+        size, sequential gives each context all of them."""
+        for r, n in zip(self.roles, self._split or [None] * len(self.roles)):
+            r.ctx.set_step_threads(n if layout == "overlap" and n else self._cores)
+        self.layout = layout
+
     def step(self, token: int, indices: Sequence[int], seconds: dict[str, float]) -> None:
         """Decode one token in every given context. On a CPU with overlap the base decodes on
         its own thread beside the others; otherwise every decode is launched before any
-        logits are read (GPU builds return from decode early). Adds wall time per label."""
+        logits are read (GPU builds return from decode early). Adds wall time per label.
+
+        While the CPU layout is undecided, the first EFT steps alternate the two layouts
+        (ABBA order, four steps each) and the faster median wins for the group's life: which
+        one wins depends on the machine and the trio (1.5B + 2x0.5B on 2 cores: overlap;
+        7B + 2x0.5B: sequential), so it is measured rather than guessed."""
+        probing = self._probe is not None and len(indices) == len(self.roles)
+        if probing:
+            want = self._probe[0]
+            if want != self.layout:
+                self._use(want)
+            t0 = time.perf_counter()
         roles = [self.roles[i] for i in indices]
         pending = None
-        if self._pool is not None and len(roles) > 1 and indices[0] == self.base:
+        if self.layout == "overlap" and len(roles) > 1 and indices[0] == self.base:
             pending = self._pool.submit(_timed, roles[0].ctx.decode, [token])
         try:
             for r in roles[1:] if pending else roles:
@@ -218,6 +257,17 @@ class Ensemble:
         finally:
             if pending is not None:
                 seconds[roles[0].label] += _wait(pending)
+        if probing:
+            self._probe_times[want].append(time.perf_counter() - t0)
+            self._probe.pop(0)
+            if not self._probe:
+                self._decide()
+
+    def _decide(self) -> None:
+        med = {k: 1000 * statistics.median(v) for k, v in self._probe_times.items()}
+        self.layout_probe = med
+        self._probe = None
+        self._use(min(med, key=med.get))
 
     def verify(
         self, blocks: dict[int, list[int]], n_rows: int, seconds: dict[str, float]
@@ -242,17 +292,21 @@ class Ensemble:
             yield
 
     @contextlib.contextmanager
-    def sequential(self) -> Iterator[None]:
-        """Decode one context after another meanwhile, each with every core (for comparing
-        layouts)."""
-        pool, self._pool = self._pool, None
-        with contextlib.ExitStack() as stack:
-            for r in self.roles:
-                stack.enter_context(r.ctx.all_threads())
-            try:
-                yield
-            finally:
-                self._pool = pool
+    def layout_as(self, layout: str) -> Iterator[None]:
+        """Run in this CPU layout meanwhile, probing suspended (for comparing layouts)."""
+        if layout == "overlap" and self._split is None:
+            raise ValueError("no overlap layout here (GPU offload, one core or one context)")
+        saved, probe, self._probe = self.layout, self._probe, None
+        self._use(layout)
+        try:
+            yield
+        finally:
+            self._use(saved)
+            self._probe = probe
+
+    def sequential(self):
+        """Decode one context after another meanwhile, each with every core."""
+        return self.layout_as("sequential")
 
     def close(self) -> None:
         self.closed = True

@@ -77,6 +77,14 @@ def stats_line(s: Stats, full: bool = False) -> str:
             f" | speculative: {s.accepted}/{s.drafted} drafted accepted "
             f"({s.acceptance_rate:.0%}), k={s.draft_tokens}"
         )
+    if s.layout:
+        line += f" | CPU layout: {s.layout}"
+        if s.layout_probe:
+            line += (
+                " (measured "
+                + ", ".join(f"{k} {v:.1f}" for k, v in s.layout_probe.items())
+                + " ms/step)"
+            )
     if full:
         per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
         line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"

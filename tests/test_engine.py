@@ -186,7 +186,7 @@ def test_single_model_modes(em):
 
 
 def test_overlapped_cpu_steps_give_the_same_tokens(make_em):
-    together, apart = make_em(n_threads=2), make_em(n_threads=2, overlap=False)
+    together, apart = make_em(n_threads=2, overlap=True), make_em(n_threads=2, overlap=False)
     assert together.overlap and not apart.overlap
     # the larger base model gets the larger share of the cores for single-token steps
     assert [r.ctx.n_threads_step for r in together.group.roles] == [1, 1, 1]
@@ -209,3 +209,29 @@ def test_step_thread_split_follows_model_size():
     assert _step_threads([100, 5000, 5000], 4, enabled=True) == [1, 3, 3]
     assert _step_threads([1, 1], 1, enabled=True) is None
     assert _step_threads([1, 1], 8, enabled=False) is None
+
+
+def test_the_cpu_layout_is_measured_on_the_first_steps_and_kept(make_em):
+    em = make_em(n_threads=2)
+    assert em.group.has_layouts and em.group.layout_probe is None
+    g = em.generate("the cat", max_tokens=12, speculative=False)
+    probe = em.group.layout_probe
+    assert set(probe) == {"overlap", "sequential"} and all(v > 0 for v in probe.values())
+    assert em.group.layout == min(probe, key=probe.get)
+    assert g.stats.layout == em.group.layout and g.stats.layout_probe == probe
+    threads = [r.ctx.n_threads_step for r in em.group.roles]
+    assert threads == ([1, 1, 1] if em.overlap else [2, 2, 2])
+    # the choice changes no token: both layouts compute the same steps
+    again = em.generate("the cat", max_tokens=12, speculative=False)
+    with em.group.layout_as("sequential"):
+        seq = em.generate("the cat", max_tokens=12, speculative=False)
+    with em.group.layout_as("overlap"):
+        ovl = em.generate("the cat", max_tokens=12, speculative=False)
+    assert g.tokens == again.tokens == seq.tokens == ovl.tokens
+    assert em.group.layout_probe == probe  # decided once, kept
+    forced = make_em(n_threads=2, overlap=False)
+    forced.generate("the cat", max_tokens=12, speculative=False)
+    assert forced.group.layout == "sequential" and forced.group.layout_probe is None
+    single = make_em(n_threads=1)
+    assert not single.group.has_layouts
+    assert single.generate("the cat", max_tokens=3).stats.layout == ""
