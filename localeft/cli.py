@@ -30,7 +30,7 @@ from .engine import MAX_TOP_LOGPROBS, Emulator, Expert, Generation
 from .grammar import Grammar, any_json_object, schema_grammar
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, LocaleftWarning
 from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
-from .scoring import evaluate, read_items
+from .scoring import evaluate, read_items, read_jsonl
 from .speculative import MAX_DRAFT
 from .terminal import BETA, DRAFT, EXPLAIN_TOP, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K
 from .terminal import TOP_P
@@ -681,23 +681,7 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
 
 
 def _read_score_lines(path: str):
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise Failure(f"{path}: not valid UTF-8 text") from None
-    except OSError as e:
-        raise Failure(f"cannot read {path}: {e.strerror or e}") from None
-    lines, errors = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            prompt, completion = _score_line(json.loads(line))
-            lines.append((n, prompt, completion))
-        except json.JSONDecodeError as e:
-            errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
-        except InvalidParameterError as e:
-            errors.append(f"line {n}: {e}")
+    lines, errors = read_jsonl(path, lambda n, d: (n, *_score_line(d)))
     if not lines and not errors:
         raise Failure(f"{path} has no lines to score")
     return lines, errors

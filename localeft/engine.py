@@ -253,6 +253,15 @@ class Emulator:
             out[i] = toks
         return out
 
+    def _check_fits(self, tokens: int) -> None:
+        if tokens > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt and continuation are {tokens} tokens but the context holds "
+                f"{self.n_ctx}; raise n_ctx",
+                tokens=tokens,
+                n_ctx=self.n_ctx,
+            )
+
     def _check_ids(self, name: str, ids: Sequence[int]) -> list[int]:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
             raise InvalidParameterError(f"{name} must be a list of token ids, got {ids!r}")
@@ -279,14 +288,7 @@ class Emulator:
         after = self._check_ids("after", after)
         with group.lock:
             prompts = self._prompts(prompt, group.indices("eft"))
-            longest = max(len(p) for p in prompts.values()) + len(after)
-            if longest > self.n_ctx:
-                raise ContextOverflowError(
-                    f"prompt and continuation are {longest} tokens but the context holds "
-                    f"{self.n_ctx}; raise n_ctx",
-                    tokens=longest,
-                    n_ctx=self.n_ctx,
-                )
+            self._check_fits(max(len(p) for p in prompts.values()) + len(after))
             group.owner = None
             group.prefill({i: toks + after for i, toks in prompts.items()})
             rows = [r[0] for r in group.rows(prompts)]
@@ -321,14 +323,7 @@ class Emulator:
         group = self.group
         with group.lock:
             prompts, cont = self._score_prompts(prompt, continuation)
-            longest = max(len(p) for p in prompts.values()) + len(cont)
-            if longest > self.n_ctx:
-                raise ContextOverflowError(
-                    f"prompt and continuation are {longest} tokens but the context holds "
-                    f"{self.n_ctx}; raise n_ctx",
-                    tokens=longest,
-                    n_ctx=self.n_ctx,
-                )
+            self._check_fits(max(len(p) for p in prompts.values()) + len(cont))
             return score_tokens(group, prompts, cont, b, extra, group.ft_model)
 
     def _score_prompts(self, prompt, continuation: str | list[int]):

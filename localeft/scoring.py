@@ -282,26 +282,32 @@ class Item:
     answer: int
 
 
-def read_items(path: str | Path) -> tuple[list[Item], list[str]]:
-    """Items of a JSONL file, and one error line per bad line ("line N: ..."): bad lines are
-    reported and skipped, never the reason to lose the rest."""
-    items, errors = [], []
+def read_jsonl(path: str | Path, parse: Callable[[int, object], object]) -> tuple[list, list[str]]:
+    """`parse(line number, JSON value)` over the lines of a JSONL file: the parsed items, and
+    one error line per bad line ("line N: ..."). Bad lines are reported and skipped, never
+    the reason to lose the rest; `parse` raises InvalidParameterError for a bad one."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise LocaleftError(f"{path}: not valid UTF-8 text") from None
     except OSError as e:
         raise LocaleftError(f"cannot read {path}: {e.strerror or e}") from None
+    items, errors = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            items.append(_item(n, json.loads(line)))
+            items.append(parse(n, json.loads(line)))
         except json.JSONDecodeError as e:
             errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
         except InvalidParameterError as e:
             errors.append(f"line {n}: {e}")
     return items, errors
+
+
+def read_items(path: str | Path) -> tuple[list[Item], list[str]]:
+    """The multiple-choice items of a JSONL file, and its bad lines."""
+    return read_jsonl(path, _item)
 
 
 def _item(n: int, d) -> Item:

@@ -61,3 +61,21 @@ def make_em(tiny):
     yield make
     for e in made:
         e.close()
+
+
+@pytest.fixture
+def run(tiny, tmp_path, monkeypatch):
+    """`run(COMMAND, *args)`: the CLI in-process on the tiny trio, offline and isolated."""
+    from click.testing import CliRunner
+    from clitools import trio
+    from hubcache import isolate
+
+    from localeft.cli import cli
+
+    isolate(tmp_path, monkeypatch)
+
+    def invoke(*args):
+        argv = [str(a) for a in (*args[:1], *trio(tiny), *args[1:])]
+        return CliRunner().invoke(cli, argv)
+
+    return invoke

@@ -16,17 +16,15 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from click.testing import CliRunner
 
+from clitools import FAST, assert_one_line_error, invoke, trio
 from hubcache import isolate, put_in_cache
 
 from localeft import Emulator
 from localeft import cli as cli_module
-from localeft.cli import cli
 from localeft.textstream import TextStream
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["-c", "256", "-t", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,39 +33,10 @@ def isolated(tmp_path, monkeypatch) -> Path:
     return isolate(tmp_path, monkeypatch)
 
 
-def trio(tiny, **override) -> list[str]:
-    paths = {
-        "large_base": tiny.large_base,
-        "small_ft": tiny.small_ft,
-        "small_base": tiny.small_base,
-        **override,
-    }
-    args = list(FAST)
-    for role, path in paths.items():
-        args += [f"--{role.replace('_', '-')}", str(path)]
-    return args
-
-
-def invoke(*args, input=None, env=None):
-    return CliRunner().invoke(
-        cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False
-    )
-
-
 def gen_json(tiny, *args, **override) -> dict:
     result = invoke("generate", "--json", *trio(tiny, **override), *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def assert_one_line_error(result, code: int = 1, *needles: str) -> None:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    if code == 1:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("localeft: error: "), result.stderr
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
 
 
 def cache_copy(cache: Path, repo: str, file: str, source: Path) -> Path:

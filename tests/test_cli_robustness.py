@@ -10,47 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from clitools import assert_one_line_error, invoke, trio
 from hubcache import isolate
 
 from localeft import backend, ensemble
 from localeft import repl as repl_module
 from localeft.backend import Context
-from localeft.cli import cli
 from localeft.textstream import TextStream
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["-c", "256", "-t", "1"]
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch) -> Path:
     return isolate(tmp_path, monkeypatch)
-
-
-def trio(tiny, **override) -> list[str]:
-    paths = {
-        "large_base": tiny.large_base,
-        "small_ft": tiny.small_ft,
-        "small_base": tiny.small_base,
-    }
-    args = list(FAST)
-    for role, path in {**paths, **override}.items():
-        args += [f"--{role.replace('_', '-')}", str(path)]
-    return args
-
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-
-
-def one_line_error(result, code: int, *needles: str) -> None:
-    assert result.exit_code == code, result.output
-    err = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.output
-    assert len(err) == 1 and err[0].startswith("localeft: error: "), result.stderr
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
 
 
 def run_cli(*args, **kw) -> subprocess.CompletedProcess:
@@ -78,7 +51,7 @@ def test_invalid_utf8_on_stdin_in_the_prompt_and_in_a_config(tiny, tmp_path):
     assert_one_line(r.stderr, "not valid UTF-8")
     config = tmp_path / "bad.toml"
     config.write_bytes(b'default = "caf\xe9"\n')
-    one_line_error(invoke("models", "--config", config), 1, "not valid UTF-8")
+    assert_one_line_error(invoke("models", "--config", config), 1, "not valid UTF-8")
 
 
 def test_a_full_disk_and_a_closed_stdout_are_errors(tiny):
@@ -110,7 +83,7 @@ def test_ctrl_c_while_loading_exits_130_with_one_line(tiny, monkeypatch):
 
 def test_context_errors_name_the_cli_flag(tiny):
     long = invoke("generate", *trio(tiny), "-c", "16", "the cat is a dog " * 4)
-    one_line_error(long, 1, "the context holds 16", "-c/--ctx-size")
+    assert_one_line_error(long, 1, "the context holds 16", "-c/--ctx-size")
     assert "n_ctx" not in long.stderr
 
 
@@ -132,9 +105,9 @@ def full_loads(monkeypatch):
 
 def test_missing_files_and_vocab_mismatches_fail_before_any_weights_load(tiny, full_loads):
     missing = invoke("generate", *trio(tiny, small_base=tiny.small_ft.parent / "nope.gguf"), "hi")
-    one_line_error(missing, 1, "nope.gguf")
+    assert_one_line_error(missing, 1, "nope.gguf")
     mismatch = invoke("generate", *trio(tiny, small_base=tiny.incompatible), "hi")
-    one_line_error(mismatch, 1, "do not share a tokenizer")
+    assert_one_line_error(mismatch, 1, "do not share a tokenizer")
     assert full_loads == []
 
 
@@ -148,7 +121,7 @@ def test_resource_guards(tiny, monkeypatch, full_loads):
     full_loads.clear()
     monkeypatch.setattr(ensemble, "available_memory", lambda: 100_000)
     r = invoke("generate", *trio(tiny), "hi")
-    one_line_error(r, 1, "these models need about", "GiB of memory is available")
+    assert_one_line_error(r, 1, "these models need about", "GiB of memory is available")
     assert full_loads == []
 
 
@@ -168,7 +141,7 @@ def test_unknown_preset_keys_are_rejected(tiny, tmp_path):
         for role in ("large_base", "small_ft", "small_base")
     )
     config.write_text('default = "mine"\n[presets.mine]\ntemprature = 0.7\n' + roles)
-    one_line_error(invoke("models", "--config", config), 1, "unknown key(s) temprature")
+    assert_one_line_error(invoke("models", "--config", config), 1, "unknown key(s) temprature")
 
 
 def test_sampled_runs_report_their_seed(tiny):
@@ -211,7 +184,9 @@ def test_every_turn_is_in_the_history_and_resume_continues(tiny, tmp_path):
     assert len(history(state)["messages"]) == 6  # the same history file goes on
     r = chat(tiny, f"/load {saved}\n/retry\n/bye\n")
     assert "(loaded 6 messages" in r.stdout
-    one_line_error(invoke("chat", *trio(tiny), "--resume", tmp_path / "absent.json"), 1, "absent")
+    assert_one_line_error(
+        invoke("chat", *trio(tiny), "--resume", tmp_path / "absent.json"), 1, "absent"
+    )
 
 
 def test_ctrl_c_in_a_multiline_message_cancels_it_and_keeps_the_chat(tiny, tmp_path, monkeypatch):

@@ -12,13 +12,10 @@ import jsonschema
 import llama_cpp
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hubcache import isolate
 from tinymodels import token_id
 
 from localeft import InvalidParameterError
 from localeft import backend
-from localeft.cli import cli
 from localeft.constraints import Constraints, Penalties
 from localeft.grammar import Grammar
 
@@ -248,26 +245,6 @@ def test_sampled_tokens_follow_the_exact_constrained_distribution(em, tiny, sett
 
 
 # --- command line ---------------------------------------------------------------------------------
-@pytest.fixture
-def run(tiny, tmp_path, monkeypatch):
-    isolate(tmp_path, monkeypatch)
-    trio = [
-        "-c",
-        "256",
-        "-t",
-        "1",
-        "--large-base",
-        tiny.large_base,
-        "--small-ft",
-        tiny.small_ft,
-        "--small-base",
-        tiny.small_base,
-    ]
-
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in (*args[:1], *trio, *args[1:])])
-
-    return invoke
 
 
 def test_cli_json_schema_grammar_file_and_penalties(run, tmp_path):

@@ -9,12 +9,9 @@ import re
 import llama_cpp
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hubcache import isolate
 
 from localeft import InvalidParameterError
 from localeft import terminal as terminal_module
-from localeft.cli import cli
 from localeft.prompts import render_template
 
 
@@ -184,26 +181,6 @@ def test_sampled_generation_records_follow_the_chosen_tokens(em):
 
 
 # --- command line ---------------------------------------------------------------------------------
-@pytest.fixture
-def run(tiny, tmp_path, monkeypatch):
-    isolate(tmp_path, monkeypatch)
-    trio = [
-        "-c",
-        "256",
-        "-t",
-        "1",
-        "--large-base",
-        tiny.large_base,
-        "--small-ft",
-        tiny.small_ft,
-        "--small-base",
-        tiny.small_base,
-    ]
-
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in (*args[:1], *trio, *args[1:])])
-
-    return invoke
 
 
 def test_explain_uses_escape_codes_only_on_a_terminal(run, monkeypatch):
