@@ -6,6 +6,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from localeft.cli import cli
+from localeft.textstream import TextStream
 
 FAST = ["-c", "256", "-t", "1"]
 
@@ -38,3 +39,17 @@ def assert_one_line_error(result, code: int = 1, *needles: str) -> None:
         assert len(lines) == 1 and lines[0].startswith("localeft: error: "), result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
+
+
+def ctrl_c_at_token(monkeypatch, n: int) -> None:
+    """Ctrl-C lands while the n-th token of each reply is turned into text."""
+    calls = []
+    feed = TextStream.feed
+
+    def interrupted(self, piece):
+        calls.append(piece)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return feed(self, piece)
+
+    monkeypatch.setattr(TextStream, "feed", interrupted)

@@ -17,12 +17,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from clitools import FAST, assert_one_line_error, invoke, trio
+from clitools import ctrl_c_at_token, FAST, assert_one_line_error, invoke, trio
 from hubcache import isolate, put_in_cache
 
 from localeft import Emulator
 from localeft import cli as cli_module
-from localeft.textstream import TextStream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -283,16 +282,7 @@ def test_expert_option(tiny):
 
 
 def test_ctrl_c_during_generate_exits_130(tiny, monkeypatch):
-    calls = []
-    feed = TextStream.feed
-
-    def interrupted(self, piece):
-        calls.append(piece)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return feed(self, piece)
-
-    monkeypatch.setattr(TextStream, "feed", interrupted)
+    ctrl_c_at_token(monkeypatch, 3)
     result = invoke("generate", *trio(tiny), "-n", "20", "hi")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert "Traceback" not in result.output
@@ -628,16 +618,7 @@ def test_chat_reuses_the_kv_cache(tiny, tmp_path):
 
 def test_chat_ctrl_c_keeps_the_partial_reply(tiny, tmp_path, monkeypatch):
     saved = tmp_path / "chat.json"
-    calls = []
-    feed = TextStream.feed
-
-    def interrupted(self, piece):
-        calls.append(piece)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return feed(self, piece)
-
-    monkeypatch.setattr(TextStream, "feed", interrupted)
+    ctrl_c_at_token(monkeypatch, 5)
     result = chat(tiny, f"hello\nagain\n/save {saved}\n")
     assert result.exit_code == 0 and "interrupted" in result.stderr, result.output
     data = json.loads(saved.read_text())

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from clitools import assert_one_line_error, invoke, trio
+from clitools import ctrl_c_at_token, assert_one_line_error, invoke, trio
 from hubcache import isolate
 
 from localeft import backend, ensemble
 from localeft import repl as repl_module
 from localeft.backend import Context
-from localeft.textstream import TextStream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,15 +224,7 @@ def test_ctrl_c_at_the_prompt_asks_and_a_second_one_quits(tiny, monkeypatch):
 def test_a_second_ctrl_c_right_after_an_interrupted_reply_keeps_everything(
     tiny, tmp_path, monkeypatch
 ):
-    calls = []
-    feed = TextStream.feed
-
-    def interrupted(self, piece):
-        calls.append(piece)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return feed(self, piece)
-
+    ctrl_c_at_token(monkeypatch, 3)
     real_notes = repl_module.notes
     pressed = []
 
@@ -243,7 +234,6 @@ def test_a_second_ctrl_c_right_after_an_interrupted_reply_keeps_everything(
             raise KeyboardInterrupt  # the second press, while the reply's notes are written
         return real_notes(g, verbose, prefix)
 
-    monkeypatch.setattr(TextStream, "feed", interrupted)
     monkeypatch.setattr(repl_module, "notes", notes_then_ctrl_c)
     r = chat(tiny, "hello\nthe cat\n")
     assert r.exit_code == 0, r.output

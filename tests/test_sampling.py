@@ -32,6 +32,21 @@ def kept(d) -> dict[int, float]:
     return dict(zip(d.ids.tolist(), d.probs.tolist()))
 
 
+def assert_keeps_the_reference(logits: np.ndarray, case: dict) -> None:
+    """dist() keeps the brute-force reference's tokens with its probabilities."""
+    d = Sampler(SamplingParams(**case), logits.size).dist(logits)
+    ref = reference_kept(
+        logits,
+        case["temperature"],
+        case.get("top_k", 0),
+        case.get("top_p", 1.0),
+        case.get("min_p", 0.0),
+    )
+    got = kept(d)
+    assert set(got) == set(ref)
+    assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+
+
 CASES = [
     dict(temperature=1.0, top_k=40),
     dict(temperature=0.7, top_p=0.9),
@@ -48,17 +63,7 @@ def test_filters_keep_exactly_the_right_tokens(case, n):
     rng = np.random.default_rng(n)
     for trial in range(3):
         logits = (rng.standard_normal(n) * (2 + trial)).astype(np.float32)
-        d = Sampler(SamplingParams(**case), n).dist(logits)
-        ref = reference_kept(
-            logits,
-            case["temperature"],
-            case.get("top_k", 0),
-            case.get("top_p", 1.0),
-            case.get("min_p", 0.0),
-        )
-        got = kept(d)
-        assert set(got) == set(ref)
-        assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+        assert_keeps_the_reference(logits, case)
 
 
 def test_unfiltered_distribution_is_the_softmax():
@@ -234,17 +239,7 @@ SHAPE_CASES = [
 def test_every_row_shape_keeps_exactly_the_right_tokens(shape, case):
     n = 151936
     logits = shaped_rows(n)[shape]
-    d = Sampler(SamplingParams(**case), n).dist(logits)
-    ref = reference_kept(
-        logits,
-        case["temperature"],
-        case.get("top_k", 0),
-        case.get("top_p", 1.0),
-        case.get("min_p", 0.0),
-    )
-    got = kept(d)
-    assert set(got) == set(ref)
-    assert max(abs(got[i] - ref[i]) for i in ref) < 1e-9
+    assert_keeps_the_reference(logits, case)
 
 
 @pytest.mark.parametrize("shape", ["flat", "plateau", "bimodal"])
