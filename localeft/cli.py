@@ -1035,6 +1035,67 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
     click.echo(json.dumps(r, indent=2) if as_json else benchmark.format_table(r))
 
 
+@cli.command()
+@MODEL_OPTIONS
+@opt("--beta", type=BETA, help="Beta of requests that give none (default: preset's, else 1).")
+@opt("--host", default="127.0.0.1", show_default=True, help="Address to bind (this machine only).")
+@opt("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@opt(
+    "--api-key",
+    envvar="LOCALEFT_API_KEY",
+    metavar="KEY",
+    help="Require 'Authorization: Bearer KEY' on /v1 (also from $LOCALEFT_API_KEY).",
+)
+@opt(
+    "--queue",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Requests that may wait behind the running one; beyond: 503 with Retry-After.",
+)
+@opt("--model-name", default="localeft", show_default=True, help="The model id the API reports.")
+@opt("-v", "--verbose", is_flag=True, help="Log every request.")
+def serve(host, port, api_key, queue, model_name, verbose, **o):
+    """Serve EFT behind OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) with
+    a chat page at /. One request runs at a time; others wait in line (--queue).
+
+    \b
+    Examples:
+      localeft serve --preset qwen2.5-7b
+      localeft serve --large-base big.gguf --small-ft ft.gguf --small-base base.gguf --port 8000
+      curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+          -d '{"messages": [{"role": "user", "content": "Hi"}], "beta": 1.5}'
+    """
+    from . import server
+
+    absent = server.missing()
+    if absent:
+        raise Failure(f"localeft serve needs {absent}: {server.INSTALL}")
+    if not server.is_loopback(host) and not api_key:
+        warnings.warn(
+            f"serving on {host} without --api-key: anyone who can reach this port can use "
+            "the models",
+            LocaleftWarning,
+            stacklevel=1,
+        )
+    em, _ = open_emulator(o)
+    with em:
+        click.echo(
+            f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
+            f"API at http://{host}:{port}/v1; Ctrl-C stops",
+            err=True,
+        )
+        server.serve(
+            em,
+            host=host,
+            port=port,
+            model=model_name,
+            api_key=api_key,
+            queue=queue,
+            log_level="info" if verbose else "warning",
+        )
+
+
 def main() -> None:
     if sys.stdout is None:  # started with stdout closed (`localeft ... >&-`)
         print("localeft: error: standard output is closed", file=sys.stderr)

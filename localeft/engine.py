@@ -236,13 +236,15 @@ class Emulator:
         }
 
     def _prompts(self, prompt: str | Sequence[Message], indices: list[int]) -> dict[int, list[int]]:
-        """Token lists per context index, each rendered for its role."""
+        """Token lists per context index, each rendered for its role (token ids: exactly those,
+        in every context)."""
         self._check_open()
-        rendered = self._rendered(prompt)
+        ids = self._check_ids("prompt", prompt) if _is_ids(prompt) else None
+        rendered = None if ids is not None else self._rendered(prompt)
         out = {}
         for i in indices:
             r = self.group.roles[i]
-            toks = tokenize_prompt(r.model, rendered[r.kind])
+            toks = list(ids) if ids is not None else tokenize_prompt(r.model, rendered[r.kind])
             if len(toks) >= self.n_ctx:
                 raise ContextOverflowError(
                     f"the prompt is {len(toks)} tokens but the context holds {self.n_ctx}; "
@@ -301,14 +303,17 @@ class Emulator:
         *,
         beta: float | None = None,
         betas: Sequence[float] = (),
+        top: int = 0,
     ) -> Score:
         """How likely `continuation` is after `prompt`, token by token, under EFT and under
         each model alone. A str prompt is raw text followed by the continuation; a list of
         messages puts the continuation as the assistant's reply under the chat template. Either
         may be token ids instead, to score exactly those (e.g. `Generation.tokens`; a prompt's
         own tokens: `score(ids[:1], ids[1:])`).
-        `betas`: also total EFT at these betas (`Score.by_beta`), in the same pass."""
+        `betas`: also total EFT at these betas (`Score.by_beta`), in the same pass. `top`: each
+        token's `top` alternatives under EFT (what an OpenAI echo with logprobs=N returns)."""
         b = self.beta if beta is None else validate.beta(beta)
+        validate.integer("top", top, 0, MAX_TOP_LOGPROBS)
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence):
             raise InvalidParameterError(f"betas must be a list of numbers, got {betas!r}")
         extra = [validate.beta(x) for x in betas]
@@ -324,7 +329,7 @@ class Emulator:
         with group.lock:
             prompts, cont = self._score_prompts(prompt, continuation)
             self._check_fits(max(len(p) for p in prompts.values()) + len(cont))
-            return score_tokens(group, prompts, cont, b, extra, group.ft_model)
+            return score_tokens(group, prompts, cont, b, extra, group.ft_model, top)
 
     def _score_prompts(self, prompt, continuation: str | list[int]):
         """Per-context prompt tokens, and the continuation's ids (the fine-tuned rendering's,
@@ -356,8 +361,9 @@ class Emulator:
             raise InvalidParameterError("the prompt is empty once its tokens are split")
         return cut, cont
 
-    def stream(self, prompt: str | Sequence[Message], **settings) -> Stream:
-        """Stream text pieces; a str prompt is raw completion, a list of messages is chat.
+    def stream(self, prompt: str | Sequence[Message] | Sequence[int], **settings) -> Stream:
+        """Stream text pieces; a str prompt is raw completion, a list of messages is chat, a list
+        of token ids is raw completion of exactly those ids.
 
         Settings are validated (and the prompt rendered) here, before the first piece.
         """
@@ -366,9 +372,12 @@ class Emulator:
         s._pieces = self._run(job, s)
         return s
 
-    def generate(self, prompt: str, **settings) -> Generation:
-        if not isinstance(prompt, str):
-            raise InvalidParameterError("generate() takes a prompt string; use chat() for messages")
+    def generate(self, prompt: str | Sequence[int], **settings) -> Generation:
+        """Complete raw text, or token ids as they are (no BOS added)."""
+        if not isinstance(prompt, str) and not _is_ids(prompt):
+            raise InvalidParameterError(
+                "generate() takes a prompt string or token ids; use chat() for messages"
+            )
         return self._collect(prompt, settings)
 
     def chat(self, messages: Sequence[Message], **settings) -> Generation:

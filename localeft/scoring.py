@@ -188,7 +188,7 @@ class Recorder:
         )
 
     def _text(self, token: int) -> str:
-        return self.model.piece(token).decode("utf-8", "replace")
+        return _piece_text(self.model, token)
 
 
 # --- scoring a given continuation -------------------------------------------------------------
@@ -199,9 +199,11 @@ def score_tokens(
     beta: float,
     betas: Sequence[float],
     text_model: Model,
+    top: int = 0,
 ) -> Score:
     """Log-probs of `continuation` after each context's prompt: one batch per context per
-    chunk of MAX_OUTPUTS tokens (a decode returns at most that many logits rows)."""
+    chunk of MAX_OUTPUTS tokens (a decode returns at most that many logits rows); with `top`,
+    each token's most likely alternatives under EFT too."""
     indices = sorted(prompts)
     labels = {i: group.roles[i].label for i in indices}
     n = group.n_vocab
@@ -211,7 +213,7 @@ def score_tokens(
     combiners = {b: group.combiner(b, rows=MAX_OUTPUTS) for b in dict.fromkeys([beta, *betas])}
     per_model = {i: [] for i in indices}
     eft = {b: [] for b in combiners}
-    ranks, eft_tops, base_tops = [], [], []
+    ranks, eft_tops, base_tops, alternatives = [], [], [], []
     group.owner = None
     # The row predicting continuation[0] ends the prompt; the rest come from decoding the
     # continuation (all but its last token) in chunks, logits at every position.
@@ -221,7 +223,9 @@ def score_tokens(
     while True:
         m = next(iter(rows.values())).shape[0]
         target = ids[done : done + m]
-        eft_tops += _collect(rows, target, combiners, beta, per_model, eft, ranks)
+        eft_tops += _collect(
+            rows, target, combiners, beta, per_model, eft, ranks, top, alternatives
+        )
         base = rows[group.base][:, :n].copy()
         base[:, group.vocab.unused] = -np.inf
         base_tops += np.argmax(base, axis=1).tolist()
@@ -244,6 +248,7 @@ def score_tokens(
             models={labels[i]: float(model_lp[i][j]) for i in indices},
             eft_top=int(eft_tops[j]),
             base_top=int(base_tops[j]),
+            top=[(i, _piece_text(text_model, i), lp) for i, lp in alternatives[j]] if top else [],
         )
         for j, t in enumerate(continuation)
     ]
@@ -253,9 +258,14 @@ def score_tokens(
     return Score(records, totals, beta, {b: by_beta[b] for b in betas})
 
 
-def _collect(rows, target, combiners, beta, per_model, eft, ranks) -> list[int]:
+def _piece_text(model: Model, token: int) -> str:
+    return model.piece(token).decode("utf-8", "replace")
+
+
+def _collect(rows, target, combiners, beta, per_model, eft, ranks, top, alternatives) -> list[int]:
     """Log-probs of the target tokens in these rows: each model alone, EFT at each beta;
-    returns EFT's top token per row (at the main beta)."""
+    returns EFT's top token per row (at the main beta), and appends each row's `top` most
+    likely (id, EFT log-prob) to `alternatives`."""
     at = np.arange(target.size)
     for i, r in rows.items():
         per_model[i].append(_log_softmax(r)[at, target])
@@ -268,6 +278,12 @@ def _collect(rows, target, combiners, beta, per_model, eft, ranks) -> list[int]:
         if b == beta:
             ranks.extend((np.count_nonzero(lp > chosen[:, None], axis=1) + 1).tolist())
             tops = np.argmax(lp, axis=1).tolist()
+            if top:
+                k = min(top, lp.shape[1] - 1)
+                head = np.argpartition(lp, -k, axis=1)[:, -k:]
+                for row, ids in zip(lp, head):
+                    ids = ids[np.argsort(-row[ids], kind="stable")]
+                    alternatives.append([(int(i), float(row[i])) for i in ids])
     return tops
 
 

@@ -305,3 +305,28 @@ def test_scoring_a_prompts_own_tokens(em):
     )
     with pytest.raises(InvalidParameterError):
         em.score([10**9], ids[1:])
+
+
+def test_score_top_gives_the_eft_alternatives(em):
+    ids = em.prompt_tokens("the cat is a dog and hello world")["ft"]
+    s = em.score(ids[:1], ids[1:], top=4)
+    for t in s.tokens:
+        assert len(t.top) == 4 and t.top[0][0] == t.eft_top
+        lps = [lp for _, _, lp in t.top]
+        assert lps == sorted(lps, reverse=True)
+        assert (t.top[0][2] == t.logprob) == (t.rank == 1)  # the same float when it is the top
+        assert all(lp <= t.top[0][2] for lp in lps)
+    assert all(not t.top for t in em.score(ids[:1], ids[1:]).tokens)
+    with pytest.raises(InvalidParameterError, match="top must be an integer <= 20"):
+        em.score(ids[:1], ids[1:], top=21)
+
+
+def test_generation_from_token_ids(em):
+    text = "the cat is a"
+    ids = em.prompt_tokens(text)["ft"]
+    assert em.generate(ids, max_tokens=6).tokens == em.generate(text, max_tokens=6).tokens
+    assert em.generate(ids[1:], max_tokens=6).tokens != []  # no BOS added to ids
+    with pytest.raises(InvalidParameterError, match="prompt token id"):
+        em.generate([10**9], max_tokens=2)
+    with pytest.raises(InvalidParameterError, match="prompt string or token ids"):
+        em.generate(None)

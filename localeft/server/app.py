@@ -1,0 +1,430 @@
+"""The ASGI app: OpenAI's endpoints and the chat page over one Emulator.
+
+request ─▶ auth, body limit, JSON ─▶ params (Emulator arguments; bad ones: 400 at once)
+        ─▶ worker line (one at a time; full: 503) ─▶ jobs (Emulator calls → events)
+        ─▶ shapes (OpenAI JSON) ─▶ one response, or SSE chunks as tokens come
+
+Settings are checked and the prompt tokenized in the request's coroutine, before it waits its
+turn, so a bad request is answered at once whatever the line holds. A client that goes away is
+noticed while it waits or streams: its ticket is cancelled, freeing the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..engine import Emulator
+from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
+from ..scoring import token_texts
+from . import jobs, params, shapes
+from .shapes import APIError
+from .sse import EventStream, wait_disconnect
+from .worker import QueueFull, Worker
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 8 * 1024 * 1024  # bytes: a long prompt is a few hundred KB
+QUEUE = 16  # requests waiting behind the running one
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+def api_error(e: BaseException) -> APIError:
+    """An Emulator error as the API answers it."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, ContextOverflowError):
+        return APIError(400, str(e), code="context_length_exceeded")
+    if isinstance(e, InvalidParameterError):
+        word = str(e).split(" ", 1)[0]
+        return APIError(400, str(e), param=word if word in params.ENGINE_FIELDS else None)
+    if isinstance(e, ClosedError):
+        return APIError(503, "the server is shutting down", code="unavailable")
+    if isinstance(e, LocaleftError):
+        return APIError(400, str(e))
+    return APIError(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def checked(fn, *args, **kwargs):
+    """Call fn; an Emulator error becomes the APIError to answer."""
+    try:
+        return fn(*args, **kwargs)
+    except LocaleftError as e:
+        raise api_error(e) from None
+
+
+class Server:
+    """The handlers, over one Emulator and its worker."""
+
+    def __init__(self, em: Emulator, model: str, api_key: str | None, queue: int, max_body: int):
+        self.em, self.model, self.api_key = em, model, api_key
+        self.queue, self.max_body = queue, max_body
+        self.worker: Worker | None = None
+        self.created = int(time.time())
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            key.strip().encode(), self.api_key.encode()
+        ):
+            raise APIError(
+                401,
+                "a valid API key is required (Authorization: Bearer KEY)"
+                if not given
+                else "incorrect API key",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    async def body(self, request: Request) -> dict:
+        """The JSON object of the body: 413 past max_body, 400 if it is not a JSON object."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_body:
+                raise self._too_large()
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise APIError(
+                400, f"the body is not valid JSON ({reason})", code="invalid_json"
+            ) from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object", code="invalid_json")
+        return body
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413, f"the request body is over {self.max_body} bytes", code="request_too_large"
+        )
+
+    def submit(self, work, streams) -> object:
+        try:
+            return self.worker.submit(work)
+        except QueueFull as e:
+            for s in streams:
+                if s is not None:
+                    s.close()
+            raise APIError(
+                503,
+                f"the server is busy ({self.queue} requests waiting); {e}",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": str(e.retry_after)},
+            ) from None
+
+    async def collect(self, ticket, request: Request) -> list:
+        """Every event of a ticket until its end; ClientGone if the client leaves first."""
+        watcher = asyncio.ensure_future(wait_disconnect(request.receive))
+        events = []
+        try:
+            while True:
+                getter = asyncio.ensure_future(ticket.next())
+                await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    ticket.cancel()
+                    raise ClientGone
+                events.append(getter.result())
+                if events[-1][0] in ("end", "error"):
+                    return events
+        finally:
+            watcher.cancel()
+
+    # --- endpoints ---------------------------------------------------------------------------
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model,
+                "n_ctx": self.em.n_ctx,
+                "beta": self.em.beta,
+                "auth": self.api_key is not None,
+                "queue": self.worker.state() if self.worker else None,
+            }
+        )
+
+    async def models(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.model,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "localeft",
+                        "localeft": {
+                            "files": {k: str(m.path) for k, m in self.em.models.items()},
+                            "n_ctx": self.em.n_ctx,
+                            "beta": self.em.beta,
+                        },
+                    }
+                ],
+            }
+        )
+
+    async def chat(self, request: Request) -> Response:
+        self.authorize(request)
+        req = checked(params.chat, await self.body(request), self.em.n_ctx)
+        stream = checked(self.em.stream, req.prompts[0], **req.settings)
+        top = req.top_logprobs
+        work = jobs.run(self.em, req.prompts, [stream], records=top is not None)
+        ticket = self.submit(work, [stream])
+        rid = shapes.new_id("chatcmpl")
+        if req.stream:
+            return EventStream(self._chat_chunks(ticket, rid, req), ticket.cancel)
+        try:
+            events = await self.collect(ticket, request)
+        except ClientGone:
+            return Response(status_code=499)
+        g, records = None, []
+        for ev in events:
+            if ev[0] == "error":
+                raise api_error(ev[1])
+            if ev[0] == "piece":
+                records += ev[3]
+            elif ev[0] == "done":
+                g = ev[2]
+        logprobs = None
+        if top is not None:
+            logprobs = shapes.chat_logprobs(records, top, self._piece)
+        ext = shapes.extension(g, records if top is not None else None, beta=self._beta(req))
+        return JSONResponse(shapes.chat_completion(rid, self.model, g, logprobs, ext))
+
+    async def _chat_chunks(self, ticket, rid: str, req: params.Request):
+        top = req.top_logprobs
+        yield shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""})
+        while True:
+            ev = await ticket.next()
+            if ev[0] == "piece":
+                _, _, text, records = ev
+                yield shapes.chat_chunk(
+                    rid,
+                    self.model,
+                    {"content": text},
+                    logprobs=None
+                    if top is None
+                    else shapes.chat_logprobs(records, top, self._piece),
+                    ext={"tokens": [r.as_dict() for r in records]} if top is not None else None,
+                )
+            elif ev[0] == "done":
+                g = ev[2]
+                yield shapes.chat_chunk(
+                    rid,
+                    self.model,
+                    {},
+                    finish=shapes.FINISH.get(g.finish_reason),
+                    ext=shapes.extension(g, beta=self._beta(req)),
+                )
+                if req.include_usage:
+                    u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
+                    yield shapes.chat_chunk(rid, self.model, None, usage_=u)
+            elif ev[0] == "error":
+                yield api_error(ev[1]).body()
+                return
+            else:
+                return
+
+    async def completions(self, request: Request) -> Response:
+        self.authorize(request)
+        req = checked(params.completion, await self.body(request), self.em.n_ctx)
+        streams = []
+        try:
+            for p in req.prompts:
+                s = checked(self.em.stream, p, **req.settings)
+                if req.max_tokens == 0:  # echo only: the settings were checked, nothing runs
+                    s.close()
+                    s = None
+                streams.append(s)
+        except APIError:
+            for s in streams:
+                if s is not None:
+                    s.close()
+            raise
+        top = req.top_logprobs
+        work = jobs.run(
+            self.em,
+            req.prompts,
+            streams,
+            echo_top=top,
+            echo_all=req.echo,
+            records=top is not None,
+            beta=req.settings.get("beta"),
+        )
+        ticket = self.submit(work, streams)
+        rid = shapes.new_id("cmpl")
+        if req.stream:
+            return EventStream(self._completion_chunks(ticket, rid, req), ticket.cancel)
+        try:
+            events = await self.collect(ticket, request)
+        except ClientGone:
+            return Response(status_code=499)
+        n = len(req.prompts)
+        echoes, gens, records = [None] * n, [None] * n, [[] for _ in range(n)]
+        texts = [""] * n
+        for ev in events:
+            if ev[0] == "error":
+                raise api_error(ev[1])
+            if ev[0] == "echo":
+                echoes[ev[1]] = ev[2]
+            elif ev[0] == "piece":
+                texts[ev[1]] += ev[2]
+                records[ev[1]] += ev[3]
+            elif ev[0] == "done":
+                gens[ev[1]] = ev[2]
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, (prompt, e, g) in enumerate(zip(req.prompts, echoes, gens)):
+            text = ("".join(e.texts) if e else "") + (g.text if g else "")
+            logprobs = None
+            if top is not None:
+                start = 0 if e else len(self._prompt_text(prompt))
+                logprobs = self._completion_logprobs(e, records[i], top, start)
+            finish = shapes.FINISH.get(g.finish_reason) if g else "length"
+            choice = shapes.completion_choice(i, text, logprobs, finish)
+            choice["localeft"] = shapes.extension(
+                g, records[i] if top is not None else None, beta=self._beta(req)
+            )
+            choices.append(choice)
+            prompt_tokens += g.stats.prompt_tokens if g else len(e.ids)
+            completion_tokens += len(g.tokens) if g else 0
+        u = shapes.usage(prompt_tokens, completion_tokens)
+        ext = {"beta": self._beta(req)}
+        return JSONResponse(shapes.completion(rid, self.model, choices, u, ext))
+
+    async def _completion_chunks(self, ticket, rid: str, req: params.Request):
+        top = req.top_logprobs
+        offset = len(self._prompt_text(req.prompts[0])) if top is not None else 0
+        while True:
+            ev = await ticket.next()
+            if ev[0] == "piece":
+                _, _, text, records = ev
+                logprobs = None
+                if top is not None:
+                    logprobs = self._completion_logprobs(None, records, top, offset)
+                    offset += sum(len(r.text) for r in records)
+                choice = shapes.completion_choice(0, text, logprobs, None)
+                yield shapes.completion_chunk(rid, self.model, choice)
+            elif ev[0] == "done":
+                g = ev[2]
+                choice = shapes.completion_choice(0, "", None, shapes.FINISH.get(g.finish_reason))
+                ext = shapes.extension(g, beta=self._beta(req))
+                yield shapes.completion_chunk(rid, self.model, choice, ext=ext)
+                if req.include_usage:
+                    u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
+                    yield shapes.completion_chunk(rid, self.model, None, usage_=u)
+            elif ev[0] == "error":
+                yield api_error(ev[1]).body()
+                return
+            else:
+                return
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _piece(self, token: int) -> bytes:
+        return jobs.text_model(self.em).piece(token)
+
+    def _prompt_text(self, prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return "".join(token_texts(jobs.text_model(self.em), prompt))
+
+    def _beta(self, req: params.Request) -> float:
+        beta = req.settings.get("beta")
+        return float(self.em.beta if beta is None else beta)
+
+    @staticmethod
+    def _completion_logprobs(e: jobs.Echo | None, records, top: int, start: int) -> dict:
+        texts, lps, tops = [], [], []
+        if e is not None:
+            texts, lps = list(e.texts), list(e.logprobs)
+            tops = [None if t is None else t[:top] for t in e.tops]
+        texts += [r.text for r in records]
+        lps += [r.logprob for r in records]
+        tops += [r.top[:top] for r in records]
+        return shapes.completion_logprobs(texts, lps, tops, start)
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _on_api_error(request: Request, exc: APIError) -> Response:
+    return _error_response(exc)
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        where = f"{request.method} {request.url.path}"
+        e = APIError(404, f"no such endpoint: {where}", code="not_found")
+    elif exc.status_code == 405:
+        e = APIError(
+            405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"
+        )
+    else:
+        e = APIError(exc.status_code, str(exc.detail))
+    return _error_response(e)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    return _error_response(api_error(exc))
+
+
+def create_app(
+    em: Emulator,
+    *,
+    model: str = "localeft",
+    api_key: str | None = None,
+    queue: int = QUEUE,
+    max_body: int = MAX_BODY,
+) -> Starlette:
+    """The ASGI app serving `em` (one request at a time; `queue` more may wait)."""
+    server = Server(em, model, api_key, queue, max_body)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        server.worker = Worker(queue)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(server.worker.close)
+
+    routes = [
+        Route("/", server.page, methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={APIError: _on_api_error, HTTPException: _on_http_error, 500: _on_crash},
+    )
+    app.state.server = server
+    return app

@@ -1,0 +1,111 @@
+"""What the worker thread runs for one request: Emulator calls, turned into events for the
+request's coroutine. Events, in order, per prompt `i` of the request:
+
+    ("echo", i, Echo)                      the prompt's own tokens, scored (completions' echo)
+    ("piece", i, text, [TokenInfo])        generated text as it comes, the records of its tokens
+    ("done", i, Generation | None)         None: nothing was generated (echo with max_tokens 0)
+
+then ("end",), or ("error", exception) instead of whatever had not come yet. A cancelled ticket
+(the client went away) closes its stream, which stops generating at the next token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..engine import Emulator, Stream
+from ..errors import LocaleftError
+from ..scoring import token_texts
+from .worker import Ticket
+
+
+@dataclass
+class Echo:
+    """A prompt's own tokens: text, and with logprobs their log-probs and alternatives under
+    EFT (the first token has no context: None)."""
+
+    ids: list[int]
+    texts: list[str]
+    logprobs: list[float | None]
+    tops: list[list[tuple[int, str, float]] | None]
+
+
+def text_model(em: Emulator):
+    """The model whose pieces make the text (every model shares the vocabulary)."""
+    return next(m for label, m in em.models.items() if label.startswith("ft"))
+
+
+def prompt_ids(em: Emulator, prompt) -> list[int]:
+    """The ids a prompt is: token ids as given, text as the fine-tuned model tokenizes it."""
+    if isinstance(prompt, str):
+        labels = em.prompt_tokens(prompt)
+        return next(ids for label, ids in labels.items() if label.startswith("ft"))
+    return list(prompt)
+
+
+def echo(em: Emulator, prompt, top: int | None, beta) -> Echo:
+    """Score a prompt's own tokens: `Emulator.score(ids[:1], ids[1:])`."""
+    ids = prompt_ids(em, prompt)
+    texts = token_texts(text_model(em), ids)
+    if top is None or len(ids) < 2:
+        none = [None] * len(ids)
+        return Echo(ids, texts, none, list(none))
+    s = em.score(ids[:1], ids[1:], beta=beta, top=top)
+    return Echo(
+        ids,
+        texts,
+        [None] + [r.logprob for r in s.tokens],
+        [None] + [r.top for r in s.tokens],
+    )
+
+
+def run(
+    em: Emulator,
+    prompts: Sequence,
+    streams: Sequence[Stream | None],
+    *,
+    echo_top: int | None = None,
+    echo_all: bool = False,
+    records: bool = False,
+    beta=None,
+):
+    """The work of one request: for each prompt, its echo (if asked), then its stream (None:
+    no generation)."""
+
+    def work(ticket: Ticket) -> None:
+        try:
+            for i, (prompt, stream) in enumerate(zip(prompts, streams)):
+                if ticket.cancelled:
+                    break
+                if echo_all:
+                    ticket.emit(("echo", i, echo(em, prompt, echo_top, beta)))
+                if stream is None:
+                    ticket.emit(("done", i, None))
+                    continue
+                _generate(ticket, i, stream, records)
+            ticket.emit(("end",))
+        except LocaleftError as e:
+            ticket.emit(("error", e))
+        finally:
+            for s in streams:
+                if s is not None:
+                    s.close()
+
+    return work
+
+
+def _generate(ticket: Ticket, i: int, stream: Stream, records: bool) -> None:
+    sent = 0
+    for piece in stream:
+        if ticket.cancelled:
+            stream.close()  # stops at this token; the Generation says "interrupted"
+            break
+        n = len(stream.tokens)
+        ticket.emit(("piece", i, piece, stream.records[sent:n] if records else []))
+        sent = n
+    g = stream.generation
+    rest = (g.logprobs or [])[sent:] if records and g is not None else []
+    if rest:
+        ticket.emit(("piece", i, "", rest))
+    ticket.emit(("done", i, g))

@@ -1,0 +1,206 @@
+"""OpenAI request bodies -> Emulator calls: which prompts, which keyword arguments, and what the
+response must carry (stream, usage, logprobs, echo).
+
+Values are passed to the Emulator as they came, so a bad one fails with the Emulator's own
+`InvalidParameterError` message (the same one the Python API gives); this module only checks
+what is the API's alone (shapes, `n`, `echo`, `logprobs` forms) and fills OpenAI's defaults
+(temperature 1). Unknown fields are ignored, as OpenAI-compatible servers do; fields that
+would change the output but cannot be honoured (`n` > 1, `suffix`) are errors.
+
+Penalties and `logit_bias` take llama.cpp's semantics (as llama-server does: the penalties look
+back `repeat_last_n` tokens, prompt included); `response_format` (json_object / json_schema),
+llama-server's `grammar` and `json_schema` constrain the combined distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import validate
+from ..engine import MAX_TOP_LOGPROBS
+from ..errors import InvalidParameterError
+from ..grammar import any_json_object
+from ..terminal import MODES  # API name -> engine mode: eft, large -> base, small -> ft
+
+# Settings the Emulator checks itself, by the name its messages use (the same as the API's).
+ENGINE_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "beta")
+ENGINE_FIELDS += ("speculative", "draft_tokens", "logprobs", "prompt", "messages", "mode")
+
+
+@dataclass
+class Request:
+    """One validated API request."""
+
+    chat: bool
+    prompts: list  # chat: one list of messages; completions: strings or token-id lists
+    settings: dict  # Emulator.stream keyword arguments
+    stream: bool = False
+    include_usage: bool = False
+    top_logprobs: int | None = None  # None: no logprobs asked
+    echo: bool = False
+    max_tokens: int | None = None  # 0: score the prompt only (echo)
+
+
+def _get(body: dict, name: str):
+    """A field's value; JSON null counts as absent (clients send it for "default")."""
+    return body.get(name)
+
+
+def _flag(body: dict, name: str, default: bool = False) -> bool:
+    value = _get(body, name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _unsupported(body: dict) -> None:
+    n = _get(body, "n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise InvalidParameterError(f"n must be 1 (one choice per request), got {n!r}")
+    best_of = _get(body, "best_of")
+    if best_of is not None and (isinstance(best_of, bool) or best_of != 1):
+        raise InvalidParameterError(f"best_of must be 1, got {best_of!r}")
+    if _get(body, "suffix"):
+        raise InvalidParameterError("suffix is not supported")
+
+
+def _settings(body: dict, max_tokens, n_ctx: int) -> dict:
+    """Emulator.stream keyword arguments: OpenAI's defaults where the field is absent."""
+    mode = _get(body, "mode")
+    mode = "eft" if mode is None else validate.choice("mode", mode, tuple(MODES))
+    s = dict(
+        max_tokens=n_ctx if max_tokens is None else max_tokens,  # until the end or a full context
+        temperature=1.0,  # OpenAI's default
+        top_p=1.0,
+        top_k=0,
+        min_p=0.0,
+        mode=MODES[mode],
+    )
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "beta"):
+        value = _get(body, name)
+        if value is not None:
+            s[name] = value
+    for name in ("speculative", "draft_tokens") + PENALTIES:
+        if _get(body, name) is not None:
+            s[name] = body[name]
+    s.update(_format(body))
+    return s
+
+
+PENALTIES = ("frequency_penalty", "presence_penalty", "repeat_penalty", "repeat_last_n")
+PENALTIES += ("logit_bias",)
+
+
+def _format(body: dict) -> dict:
+    """Structured output: OpenAI's response_format, or llama-server's grammar / json_schema."""
+    out = {}
+    fmt = _get(body, "response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in (
+            "text",
+            "json_object",
+            "json_schema",
+        ):
+            raise InvalidParameterError(
+                "response_format must be {type: text | json_object | json_schema}"
+            )
+        if fmt["type"] == "json_object":
+            out["grammar"] = any_json_object()
+        elif fmt["type"] == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise InvalidParameterError("response_format.json_schema needs a schema object")
+            out["json_schema"] = schema
+    for name in ("grammar", "json_schema"):
+        if _get(body, name) is not None:
+            if out:
+                raise InvalidParameterError("give one of response_format, grammar, json_schema")
+            out[name] = body[name]
+    return out
+
+
+def _max_tokens(body: dict, chat: bool):
+    if chat and _get(body, "max_completion_tokens") is not None:
+        return body["max_completion_tokens"]
+    return _get(body, "max_tokens")
+
+
+def _stream(body: dict) -> tuple[bool, bool]:
+    stream = _flag(body, "stream")
+    options = _get(body, "stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidParameterError(f"stream_options must be an object, got {options!r}")
+    usage = _flag(options or {}, "include_usage")
+    return stream, usage
+
+
+def chat(body: dict, n_ctx: int) -> Request:
+    """A /v1/chat/completions body."""
+    _unsupported(body)
+    messages = _get(body, "messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidParameterError("messages must be a non-empty list of {role, content}")
+    top = None
+    if _flag(body, "logprobs"):
+        n = _get(body, "top_logprobs")
+        top = 0 if n is None else validate.integer("top_logprobs", n, 0, MAX_TOP_LOGPROBS)
+    elif _get(body, "top_logprobs") is not None:
+        raise InvalidParameterError("top_logprobs needs logprobs: true")
+    max_tokens = _max_tokens(body, chat=True)
+    stream, usage = _stream(body)
+    settings = _settings(body, max_tokens, n_ctx)
+    if top is not None:
+        settings["logprobs"] = top
+    return Request(True, [messages], settings, stream, usage, top, max_tokens=max_tokens)
+
+
+def _prompts(prompt) -> list:
+    """A completions prompt: a string, token ids, or a batch of either (one choice each)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return [prompt]
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(
+            isinstance(p, list)
+            and p
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            for p in prompt
+        ):
+            return list(prompt)
+    raise InvalidParameterError(
+        "prompt must be a string, a list of token ids, or a list of either (a batch)"
+    )
+
+
+def completion(body: dict, n_ctx: int) -> Request:
+    """A /v1/completions body. `echo` with `max_tokens: 0` scores the prompt's own tokens."""
+    _unsupported(body)
+    prompts = _prompts(_get(body, "prompt"))
+    n = _get(body, "logprobs")
+    top = None if n is None else validate.integer("logprobs", n, 0, MAX_TOP_LOGPROBS)
+    echo = _flag(body, "echo")
+    stream, usage = _stream(body)
+    max_tokens = _max_tokens(body, chat=False)
+    if stream and (echo or len(prompts) > 1):
+        raise InvalidParameterError("stream takes one prompt and no echo")
+    if type(max_tokens) is int and max_tokens == 0:
+        if not echo:
+            raise InvalidParameterError("max_tokens must be >= 1 (0 only with echo), got 0")
+        settings = _settings(body, 1, n_ctx)  # checked like a generation's
+    else:
+        settings = _settings(body, max_tokens if max_tokens is not None else 16, n_ctx)
+        max_tokens = settings["max_tokens"]
+    if top is not None:
+        settings["logprobs"] = top
+    if echo and top is not None and settings["mode"] != "eft":
+        raise InvalidParameterError(
+            "echo with logprobs scores the prompt under EFT only (beta 0 is the large base "
+            "alone): mode must be eft"
+        )
+    return Request(False, prompts, settings, stream, usage, top, echo, max_tokens)
