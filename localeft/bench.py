@@ -238,7 +238,7 @@ def run(
         for name in ("eft_overlap", "eft_sequential"):
             if name in med:
                 result["ratios"][f"{name}_vs_sum_of_models"] = med[name] / total
-        result["ratios"]["eft_vs_large_alone"] = med["eft"] / med["large_base"]
+        result["ratios"]["eft_time_vs_large_alone"] = med["eft"] / med["large_base"]
         if "eft_speculative" in med:
             result["ratios"]["speculative_speed_vs_eft"] = med["eft"] / med["eft_speculative"]
             result["ratios"]["speculative_speed_vs_large_alone"] = (
