@@ -35,6 +35,8 @@ class Stats:
     verifications: int = 0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    # Where the base model's layers are when RPC servers hold some (Emulator.placement).
+    placement: list[dict] = field(default_factory=list)
 
     @property
     def decode_seconds(self) -> float:
