@@ -212,8 +212,10 @@ class Model:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
         self.remote = bool(devices) and not vocab_only
+        # On a GPU of this machine (what picks GPU settings). Remote layers do not count: the
+        # servers may be CPUs, and this machine computes its share of them on its CPU.
         self.offloaded = (
-            n_gpu_layers != 0 and not vocab_only and (self.remote or supports_gpu_offload())
+            n_gpu_layers != 0 and not vocab_only and not self.remote and supports_gpu_offload()
         )
         self.guard = guard or contextlib.nullcontext
         if devices:  # llama.cpp copies both lists during the load
@@ -430,7 +432,7 @@ class Context:
         params.n_ctx = n_ctx
         params.n_batch = self.n_batch = min(n_batch, n_ctx)
         # Remote layers (RPC) may run on a CPU there, and one pass is what the watchdog times.
-        default_ubatch = GPU_UBATCH if model.offloaded and not model.remote else CPU_UBATCH
+        default_ubatch = GPU_UBATCH if model.offloaded else CPU_UBATCH
         params.n_ubatch = self.n_ubatch = min(n_ubatch or default_ubatch, self.n_batch)
         params.n_seq_max = 1
         # Logits rows one decode may return (speculative verification needs k+1). llama.cpp

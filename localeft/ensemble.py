@@ -140,7 +140,7 @@ class Ensemble:
         step = step_threads(
             sizes,
             cores,
-            enabled=overlap is not False and (not self.gpu_offload or plan is not None),
+            enabled=overlap is not False and not self.gpu_offload,
         )
         self.overlap = step is not None
         index = {}
