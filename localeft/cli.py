@@ -771,7 +771,7 @@ def rpc_server(host, port, threads, cache, trusted_network):
     n = threads or default_threads()
     what = "; ".join(rpc.describe_devices(rpc.serving_devices()))
     click.echo(
-        f"localeft rpc-server: lending {what} on {address}:{port} ({n} threads); "
+        f"localeft rpc-server: lending {what} on {address}:{port} ({n} thread{'s' * (n != 1)}); "
         "one client at a time, Ctrl-C stops it"
     )
     sys.stdout.flush()

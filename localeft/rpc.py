@@ -370,8 +370,8 @@ def check_split(split: Sequence[float], n_servers: int) -> tuple[float, ...]:
     out = [validate.number("rpc_split weight", w, 0.0) for w in split]
     if len(out) not in (n_servers, n_servers + 1):
         raise InvalidParameterError(
-            f"rpc_split needs {n_servers} weights (one per RPC server) or {n_servers + 1} (and "
-            f"one for this machine), got {len(out)}"
+            f"rpc_split needs {n_servers} weight{'s' * (n_servers != 1)} (one per RPC server) or "
+            f"{n_servers + 1} (one more for this machine), got {len(out)}"
         )
     if sum(out[:n_servers]) <= 0:
         raise InvalidParameterError("rpc_split must give some RPC server a share")

@@ -230,7 +230,7 @@ def test_an_unreachable_server_is_a_one_line_error(tiny, tmp_path, monkeypatch):
         (dict(rpc=["[::1]:50052"]), "IPv4 only"),
         (dict(rpc=["a:1", "a:1"]), "given twice"),
         (dict(rpc=[]), "at least one"),
-        (dict(rpc=["a:1"], rpc_split=[1, 1, 1]), "needs 1 weights .* or 2"),
+        (dict(rpc=["a:1"], rpc_split=[1, 1, 1]), "needs 1 weight .* or 2"),
         (dict(rpc=["a:1"], rpc_split=[0, 1]), "some RPC server"),
         (dict(rpc=["a:1"], rpc_split=[-1]), ">= 0"),
         (dict(rpc_split=[1]), "rpc_split needs rpc"),
