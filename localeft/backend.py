@@ -18,7 +18,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, Sequence
 
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
 import numpy as np
@@ -27,6 +27,9 @@ from . import rpc
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 
 MAX_OUTPUTS = 16
+# A remote load may go this many RPC timeouts between llama.cpp's progress reports (one per
+# tensor): a 70B's 860 MB output tensor takes 70 s over 100 Mbit/s.
+LOAD_PATIENCE = 10
 # Tokens per llama.cpp compute pass. On a CPU, 128 prompt-processes as fast as 512 (within 3%
 # here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
 CPU_UBATCH, GPU_UBATCH = 128, 512
@@ -83,11 +86,13 @@ class _LoadInterrupt:
     ignored ...") and the load goes on. So while loading, SIGINT just sets a flag, the callback
     returns false (llama.cpp aborts the load), and the interrupt is raised afterwards."""
 
-    def __init__(self):
+    def __init__(self, on_progress: Callable[[], None] | None = None):
         self.hit = False
 
         @llama_cpp.llama_progress_callback
         def progress(value: float, user_data: ctypes.c_void_p) -> bool:
+            if on_progress is not None:
+                on_progress()
             return not self.hit
 
         self.callback = progress
@@ -107,6 +112,10 @@ class _LoadInterrupt:
 
     def _on_sigint(self, signum, frame) -> None:
         self.hit = True
+
+
+def _unguarded(patience: float = 1.0) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
 
 
 class _LoadLog:
@@ -193,7 +202,7 @@ class Model:
         vocab_only: bool = False,
         devices: Sequence[int] = (),
         tensor_split: Sequence[float] = (),
-        guard: Callable[[], ContextManager] | None = None,
+        watchdog=None,
     ):
         """`repack`: llama.cpp may copy quantised weights into a faster CPU layout. With `mmap`
         the file's pages would stay mapped beside that copy (measured: peak RSS 1.5x the file),
@@ -204,8 +213,9 @@ class Model:
         `devices` (ggml_backend_dev_t handles, such as remote ones from rpc.connect) replaces
         llama.cpp's choice of devices: the last `n_gpu_layers` layers go there, split in
         proportion to `tensor_split` (one weight per device), the rest stay on this CPU.
-        `guard`: a context manager around every call that may wait on those devices (the RPC
-        watchdog)."""
+        `watchdog` (rpc.Watchdog: `guard()`, `touch()`) bounds every call that may wait on
+        those devices; the load (minutes for tens of GB over a network) gets LOAD_PATIENCE
+        times the bound between llama.cpp's progress reports."""
         _init_backend()
         self.path = Path(path)
         check_gguf_file(self.path)
@@ -217,7 +227,7 @@ class Model:
         self.offloaded = (
             n_gpu_layers != 0 and not vocab_only and not self.remote and supports_gpu_offload()
         )
-        self.guard = guard or contextlib.nullcontext
+        self.guard = watchdog.guard if watchdog is not None else _unguarded
         if devices:  # llama.cpp copies both lists during the load
             self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
             params.devices = ctypes.addressof(self._devices)
@@ -230,11 +240,15 @@ class Model:
         )
         params.use_extra_bufts = repack
         params.vocab_only = vocab_only
-        interrupt = _LoadInterrupt()
+        interrupt = _LoadInterrupt(watchdog.touch if watchdog is not None else None)
         params.progress_callback = interrupt.callback
         _LOG_TAIL.clear()
         self.load_log = _LoadLog()
-        with interrupt.watching(), self.load_log.recording(self.remote):
+        with (
+            interrupt.watching(),
+            self.load_log.recording(self.remote),
+            self.guard(LOAD_PATIENCE),
+        ):
             self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             detail = _last_error()
@@ -445,7 +459,8 @@ class Context:
         self.n_threads_step = n_threads_step or threads
         params.n_threads = params.n_threads_batch = self.n_threads_step
         params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(model._model, params)
+        with model.guard():  # remote layers: their KV cache and compute buffers are allocated there
+            self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise LocaleftError(f"cannot create a context of {n_ctx} tokens for {model.path.name}")
         self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx)))  # llama.cpp may pad it

@@ -125,7 +125,7 @@ class Ensemble:
                     devices=[d.handle for d in devices],
                     tensor_split=plan.weights,
                     repack=repack,
-                    guard=watchdog.guard,
+                    watchdog=watchdog,
                 )
                 self.placement = _placement(plan, devices, self.models[p].load_log)
             else:

@@ -488,20 +488,24 @@ class Watchdog:
     """Bounds calls into llama.cpp that wait on RPC servers: llama.cpp's sockets have no
     timeout, so a server that stops answering without closing the connection (a hung process, a
     network that drops packets) would block the client forever. A call that takes longer than
-    `timeout` seconds ends the process with `fault`."""
+    `timeout` seconds ends the process with `fault`; a load, `patience` times that without
+    progress."""
 
     def __init__(self, timeout: float, endpoints: Sequence[str]):
         self.timeout = timeout
         self.endpoints = list(endpoints)
         self._deadlines: dict[object, float] = {}
+        self._spans: dict[object, float] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        key = object()
+    def guard(self, patience: float = 1.0) -> Iterator[None]:
+        """Bound the block to `patience` x timeout seconds (renewed by `touch`)."""
+        key, span = object(), self.timeout * patience
         with self._cond:
-            self._deadlines[key] = time.monotonic() + self.timeout
+            self._spans[key] = span
+            self._deadlines[key] = time.monotonic() + span
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="rpc-watchdog")
                 self._thread.daemon = True
@@ -512,6 +516,15 @@ class Watchdog:
         finally:
             with self._cond:
                 self._deadlines.pop(key, None)
+                self._spans.pop(key, None)
+
+    def touch(self) -> None:
+        """A sign of life (llama.cpp's load progress): every guarded block gets its full time
+        again."""
+        with self._cond:
+            now = time.monotonic()
+            for key in self._deadlines:
+                self._deadlines[key] = now + self._spans[key]
 
     def _watch(self) -> None:
         with self._cond:
@@ -525,8 +538,8 @@ class Watchdog:
                     continue
                 break
         fault(
-            f"no answer from RPC server {', '.join(self.endpoints)} for {self.timeout:g} s "
-            "(hung, or the network is down); the process ends (--rpc-timeout sets the bound)"
+            f"no answer from RPC server {', '.join(self.endpoints)} in time (--rpc-timeout "
+            f"{self.timeout:g} s): hung, or the network is down; the process ends"
         )
 
 

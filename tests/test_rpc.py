@@ -327,7 +327,8 @@ def test_a_server_that_stops_answering_ends_the_client_after_the_timeout(
             p.communicate()
     err = err.decode()
     assert p.returncode == 1 and 2 <= took < BOUND, (took, err)
-    assert f"localeft: error: no answer from RPC server {server.endpoint} for 2 s" in err, err
+    assert f"localeft: error: no answer from RPC server {server.endpoint} in time" in err, err
+    assert "(--rpc-timeout 2 s)" in err
 
 
 # --- the server ------------------------------------------------------------------------------
