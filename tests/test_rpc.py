@@ -25,7 +25,7 @@ from localeft import Emulator, InvalidParameterError, LocaleftError
 from localeft import rpc
 from localeft.backend import Model, supports_gpu_offload
 from localeft.cli import cli
-from localeft.errors import RpcError
+from localeft.errors import InsufficientMemoryError, RpcError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["-c", "256", "-t", "1"]
@@ -98,13 +98,8 @@ def servers():
 
 
 def trio_kw(tiny, **kw) -> dict:
-    return dict(
-        large_base=tiny.large_base,
-        small_ft=tiny.small_ft,
-        small_base=tiny.small_base,
-        n_ctx=256,
-        **kw,
-    )
+    roles = ("large_base", "small_ft", "small_base")
+    return {**{r: getattr(tiny, r) for r in roles}, "n_ctx": 256, **kw}
 
 
 def trio_args(tiny) -> list[str]:
@@ -180,6 +175,22 @@ def test_a_split_keeps_layers_here_as_llama_cpp_places_them(tiny, make_em, serve
         logged = [named[base.load_log.layers[il]] for il in range(4)]
         assert logged == remote.group.plan.layers() == [-1, -1, 0, 1]
         assert np.array_equal(em.logprobs("hello the cat"), remote.logprobs("hello the cat"))
+
+
+def test_remote_weights_do_not_count_against_this_machines_memory(tiny, servers, monkeypatch):
+    """The pre-load memory check counts what stays here: the small models, the large base's input
+    embedding and local layers, their KV caches."""
+    size = {
+        r: Path(getattr(tiny, r)).stat().st_size for r in ("large_base", "small_ft", "small_base")
+    }
+    budget = sum(size.values()) - size["large_base"] // 2
+    monkeypatch.setattr("localeft.ensemble.available_memory", lambda: budget)
+    with pytest.raises(InsufficientMemoryError, match="RPC servers"):
+        Emulator(**trio_kw(tiny, n_ctx=32))
+    with Emulator(**trio_kw(tiny, n_ctx=32, rpc=[s.endpoint for s in servers])) as em:
+        assert em.placement[0]["layers"] == "input"
+    with pytest.raises(InsufficientMemoryError):  # unless the split keeps most of it here
+        Emulator(**trio_kw(tiny, n_ctx=32, rpc=[servers[0].endpoint], rpc_split=[1, 9]))
 
 
 def test_check_and_verbose_say_where_the_layers_went(tiny, servers, tmp_path, monkeypatch):
