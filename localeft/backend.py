@@ -34,7 +34,7 @@ LOAD_PATIENCE = 10
 # here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
 CPU_UBATCH, GPU_UBATCH = 128, 512
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=20)
-_LOG_SINK: list[str] | None = None  # every line, while a load wants its buffer sizes
+_LOG_SINK: list[str] | None = None  # every line, while a load records where it went
 _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S.*?) model buffer size =\s+([0-9.]+) MiB")
 _LAYER_LINE = re.compile(r"load_tensors: layer\s+(\d+) assigned to device (\S+?),")
 _initialised = False
