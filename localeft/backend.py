@@ -12,23 +12,32 @@ import collections
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
 import weakref
 from pathlib import Path
+from typing import Callable, Sequence
 
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
 import numpy as np
 
+from . import rpc
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 
 MAX_OUTPUTS = 16
+# A remote load may go this many RPC timeouts between llama.cpp's progress reports (one per
+# tensor): a 70B's 860 MB output tensor takes 70 s over 100 Mbit/s.
+LOAD_PATIENCE = 10
 # Tokens per llama.cpp compute pass. On a CPU, 128 prompt-processes as fast as 512 (within 3%
 # here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
 CPU_UBATCH, GPU_UBATCH = 128, 512
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=20)
+_LOG_SINK: list[str] | None = None  # every line, while a load records where it went
+_BUFFER_LINE = re.compile(r"load_tensors:\s+(\S.*?) model buffer size =\s+([0-9.]+) MiB")
+_LAYER_LINE = re.compile(r"load_tensors: layer\s+(\d+) assigned to device (\S+?),")
 _initialised = False
 
 
@@ -37,6 +46,8 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """Keep llama.cpp's chatter off the terminal; remember the tail for error messages."""
     line = text.decode("utf-8", "replace")
     _LOG_TAIL.append(line)
+    if _LOG_SINK is not None:
+        _LOG_SINK.append(line)
     if os.environ.get("LOCALEFT_LLAMA_LOG"):
         print(line, end="", file=sys.stderr)
 
@@ -103,11 +114,13 @@ class _LoadInterrupt:
     ignored ...") and the load goes on. So while loading, SIGINT just sets a flag, the callback
     returns false (llama.cpp aborts the load), and the interrupt is raised afterwards."""
 
-    def __init__(self):
+    def __init__(self, on_progress: Callable[[], None] | None = None):
         self.hit = False
 
         @llama_cpp.llama_progress_callback
         def progress(value: float, user_data: ctypes.c_void_p) -> bool:
+            if on_progress is not None:
+                on_progress()
             return not self.hit
 
         self.callback = progress
@@ -127,6 +140,37 @@ class _LoadInterrupt:
 
     def _on_sigint(self, signum, frame) -> None:
         self.hit = True
+
+
+def _unguarded(patience: float = 1.0) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
+
+
+class _LoadLog:
+    """Where llama.cpp's load log says a model went: MiB of weights per buffer ("CPU_Mapped",
+    "RPC0[10.0.0.2:50052]", ...) and the device of each layer (n_layer: the output layer)."""
+
+    def __init__(self):
+        self.buffers: dict[str, float] = {}
+        self.layers: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def recording(self, enabled: bool = True):
+        global _LOG_SINK
+        if not enabled:
+            yield
+            return
+        _LOG_SINK = lines = []
+        try:
+            yield
+        finally:
+            _LOG_SINK = None
+            for line in lines:
+                if m := _BUFFER_LINE.search(line):
+                    name = m.group(1)
+                    self.buffers[name] = self.buffers.get(name, 0.0) + float(m.group(2))
+                elif m := _LAYER_LINE.search(line):
+                    self.layers[int(m.group(1))] = m.group(2)
 
 
 def default_threads(from_env: bool = True) -> int:
@@ -157,7 +201,11 @@ def available_memory() -> int | None:
 
 
 def supports_gpu_offload() -> bool:
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    """A GPU of this machine's own. (llama_supports_gpu_offload() also counts the RPC backend,
+    which every build of scripts/install.sh has, GPU or not.)"""
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    return rpc.local_gpu() if rpc.available() else True
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -180,31 +228,63 @@ class Model:
         repack: bool = True,
         mmap: bool | None = None,
         vocab_only: bool = False,
+        devices: Sequence[int] = (),
+        tensor_split: Sequence[float] = (),
+        watchdog=None,
     ):
         """`repack`: llama.cpp may copy quantised weights into a faster CPU layout. With `mmap`
         the file's pages would stay mapped beside that copy (measured: peak RSS 1.5x the file),
         so by default a repacking model is read into memory instead (1.0x, same speed) and a
         non-repacking one is mmap'd. `vocab_only`: metadata and tokenizer, no weights (checks
-        before the real load). Ctrl-C aborts a load promptly (KeyboardInterrupt)."""
+        before the real load). Ctrl-C aborts a load promptly (KeyboardInterrupt).
+
+        `devices` (ggml_backend_dev_t handles, such as remote ones from rpc.connect) replaces
+        llama.cpp's choice of devices: the last `n_gpu_layers` layers go there, split in
+        proportion to `tensor_split` (one weight per device), the rest stay on this CPU.
+        `watchdog` (rpc.Watchdog: `guard()`, `touch()`) bounds every call that may wait on
+        those devices; the load (minutes for tens of GB over a network) gets LOAD_PATIENCE
+        times the bound between llama.cpp's progress reports."""
         _init_backend()
         self.path = Path(path)
         check_gguf_file(self.path)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
-        self.offloaded = n_gpu_layers != 0 and supports_gpu_offload() and not vocab_only
+        self.remote = bool(devices) and not vocab_only
+        # On a GPU of this machine (what picks GPU settings). Remote layers do not count: the
+        # servers may be CPUs, and this machine computes its share of them on its CPU.
+        self.offloaded = (
+            n_gpu_layers != 0 and not vocab_only and not self.remote and supports_gpu_offload()
+        )
+        self.guard = watchdog.guard if watchdog is not None else _unguarded
+        if devices:  # llama.cpp copies both lists during the load
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.addressof(self._devices)
+        if tensor_split:
+            self._split = (ctypes.c_float * llama_cpp.llama_max_devices())(*tensor_split)
+            params.tensor_split = self._split
         mmap = not repack if mmap is None else mmap
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         )
         params.use_extra_bufts = repack
         params.vocab_only = vocab_only
-        interrupt = _LoadInterrupt()
+        interrupt = _LoadInterrupt(watchdog.touch if watchdog is not None else None)
         params.progress_callback = interrupt.callback
         _LOG_TAIL.clear()
-        with interrupt.watching():
+        self.load_log = _LoadLog()
+        with (
+            interrupt.watching(),
+            self.load_log.recording(self.remote),
+            self.guard(LOAD_PATIENCE),
+        ):
             self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             detail = last_llama_error()
+            if self.remote:
+                raise ModelFileError(
+                    f"cannot load {self.path} across the RPC servers"
+                    + (f": {detail}" if detail else " (out of memory there?)")
+                )
             raise ModelFileError(
                 f"cannot load {self.path}: llama.cpp rejected it"
                 + (f" ({detail})" if detail else " (corrupt or truncated GGUF?)")
@@ -230,7 +310,8 @@ class Model:
             if ctx is not None:
                 ctx.close()
         if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
+            with self.guard():  # remote weights: freeing them is a call to the server
+                llama_cpp.llama_model_free(self._model)
             self._model = None
 
     __del__ = close
@@ -350,6 +431,11 @@ class Model:
         return 2 * n_layer * n_ctx * kv_heads * (k_len + v_len)
 
     @property
+    def n_layer(self) -> int:
+        """Transformer blocks (0 where the metadata lacks them)."""
+        return self._meta_int("block_count") or 0
+
+    @property
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
 
@@ -394,6 +480,7 @@ class Context:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = self.n_batch = min(n_batch, n_ctx)
+        # Remote layers (RPC) may run on a CPU there, and one pass is what the watchdog times.
         default_ubatch = GPU_UBATCH if model.offloaded else CPU_UBATCH
         params.n_ubatch = self.n_ubatch = min(n_ubatch or default_ubatch, self.n_batch)
         params.n_seq_max = 1
@@ -407,7 +494,8 @@ class Context:
         self.n_threads_step = n_threads_step or threads
         params.n_threads = params.n_threads_batch = self.n_threads_step
         params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(model._model, params)
+        with model.guard():  # remote layers: their KV cache and compute buffers are allocated there
+            self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise LocaleftError(f"cannot create a context of {n_ctx} tokens for {model.path.name}")
         self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx)))  # llama.cpp may pad it
@@ -430,7 +518,8 @@ class Context:
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             llama_cpp.llama_batch_free(self._batch)
-            llama_cpp.llama_free(self._ctx)
+            with self.model.guard():
+                llama_cpp.llama_free(self._ctx)
             self._ctx = None
 
     __del__ = close
@@ -499,7 +588,8 @@ class Context:
         self._batch.n_tokens = m
         self._n_out = 0
         self._dirty = True
-        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        with self.model.guard():
+            rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             llama_cpp.llama_memory_seq_rm(self._mem, 0, p0, -1)
             self._dirty = False
@@ -515,7 +605,8 @@ class Context:
         """The last decode's logits rows (float32 view, shape (n, n_vocab))."""
         if n > self._n_out:
             raise ValueError(f"only {self._n_out} logits rows are available, not {n}")
-        ptr = llama_cpp.llama_get_logits(self._ctx)
+        with self.model.guard():  # waits for an asynchronous (GPU, RPC) decode to finish
+            ptr = llama_cpp.llama_get_logits(self._ctx)
         rows = np.ctypeslib.as_array(ptr, shape=(self._n_out, self.n_vocab))
         return rows[self._n_out - n :]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from .backend import default_threads
+from .backend import default_threads, supports_gpu_offload
 from .eft import Combiner, Term
 from .engine import Emulator
 from .sampling import Sampler, SamplingParams
@@ -204,7 +204,7 @@ def run(
             "layout": em.group.layout,
             "layout_probe_ms": em.group.layout_probe,
             "repack": repack,
-            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "gpu_offload": supports_gpu_offload(),
         },
         "models": {
             role: {"path": str(p), "size_bytes": Path(p).stat().st_size}

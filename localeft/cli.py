@@ -24,17 +24,17 @@ from pathlib import Path
 
 import click
 
-from . import __version__, registry, tokenview
+from . import __version__, registry, rpc, tokenview
 from .backend import Model
 from .engine import MAX_TOP_LOGPROBS, Emulator, Expert, Generation
-from .grammar import Grammar, any_json_object, schema_grammar
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, LocaleftWarning
+from .grammar import Grammar, any_json_object, schema_grammar
 from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
 from .scoring import evaluate, read_items, read_jsonl
 from .speculative import MAX_DRAFT
 from .terminal import BETA, DRAFT, EXPLAIN_TOP, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K
 from .terminal import TOP_P
-from .terminal import explained, notes, run, stdin_is_tty
+from .terminal import explained, notes, placement_line, run, stdin_is_tty
 
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
 ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
@@ -110,6 +110,23 @@ class ExpertType(click.ParamType):
             self.fail(f"weight {parts[2]!r} in {value!r} is not a number", param, ctx)
 
 
+class SplitType(click.ParamType):
+    """W,W[,W] -> a tuple of weights (>= 0)."""
+
+    name = "W,W[,W]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            weights = tuple(float(w) for w in value.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if any(not 0 <= w < float("inf") for w in weights):
+            self.fail(f"{value!r}: weights must be numbers >= 0", param, ctx)
+        return weights
+
+
 def _stack(*decorators):
     def apply(f):
         for d in reversed(decorators):
@@ -167,6 +184,28 @@ MODEL_OPTIONS = _stack(
     ),
     opt("--offline", is_flag=True, help="Never download; use cached files only."),
     opt("-y", "--yes", is_flag=True, help="Download missing preset files without asking."),
+    opt(
+        "--rpc",
+        "rpc",
+        multiple=True,
+        metavar="HOST:PORT",
+        help="Put the large base's layers on this `localeft rpc-server` (repeatable).",
+    ),
+    opt(
+        "--rpc-split",
+        type=SplitType(),
+        metavar="W,W[,W]",
+        help="Shares of the large base's layers: one weight per --rpc server, then optionally "
+        "one for this machine (default: all remote, by the servers' free memory).",
+    ),
+    opt(
+        "--rpc-timeout",
+        type=click.FloatRange(min=0.1),
+        default=rpc.DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="End with an error when an RPC server does not answer one call in this time.",
+    ),
 )
 SAMPLING_OPTIONS = _stack(
     opt("--beta", type=BETA, help="Strength of the fine-tuning delta (default: preset's, else 1)."),
@@ -313,8 +352,17 @@ def _logit_bias(values) -> dict[int, float]:
 
 
 def open_emulator(o: dict) -> tuple[Emulator, dict]:
-    """The Emulator the options describe, and the preset's settings. A grammar is checked
-    against the fine-tuned model's vocabulary before any weights load."""
+    """The Emulator the options describe, and the preset's settings (with -v: where the large
+    base's layers went, when RPC servers hold some)."""
+    em, settings = _open_emulator(o)
+    if o.get("verbose") and em.placement:
+        click.echo(placement_line(em.placement), err=True)
+    return em, settings
+
+
+def _open_emulator(o: dict) -> tuple[Emulator, dict]:
+    """A grammar is checked against the fine-tuned model's vocabulary before any weights
+    load."""
     o["constraints"] = constraint_kwargs(o)
     paths, settings = _resolve_models(o)
     if o["constraints"].get("grammar"):
@@ -331,7 +379,12 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
         base_prompt=o["base_prompt"],
         repack=not o["no_repack"],
         beta=o["beta"] if o.get("beta") is not None else settings.get("beta", 1.0),
+        rpc=list(o["rpc"]) or None,
+        rpc_split=o["rpc_split"],
+        rpc_timeout=o["rpc_timeout"],
     )
+    if o["rpc_split"] and not o["rpc"]:
+        raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
     if o["experts"]:
         return Emulator(base=paths["large_base"], experts=list(o["experts"]), **common), settings
     return Emulator(**paths, **common), settings
@@ -860,6 +913,7 @@ def chat(mode, resume, **o):
         session = ChatSession(
             em, sampling(o, settings), mode, o["system"], o["verbose"], history=history
         )
+        rpc.at_fault(session.fault_note)  # a lost RPC server ends the process: say what is kept
         if resume is not None and not session.load(history or resume):
             raise Failure(f"cannot resume from {history or resume}")
         session.loop()
@@ -930,12 +984,14 @@ def models(config):
 @MODEL_OPTIONS
 def check(**o):
     """Load the models (a preset, or paths) and check that EFT can combine them: one shared
-    vocabulary, padding, a chat template. Exits non-zero on a mismatch.
+    vocabulary, padding, a chat template; whether RPC is available, and with --rpc where the
+    large base's layers went. Exits non-zero on a mismatch.
 
     \b
     Examples:
       localeft check --preset qwen2.5-7b
       localeft check --large-base big.gguf --small-ft ft.gguf --small-base base.gguf
+      localeft check --preset llama3.1-8b --rpc 192.168.1.20:50052 --rpc 192.168.1.21:50052
     """
     em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
     with em:
@@ -974,6 +1030,14 @@ def check(**o):
             f"chat template: {'yes' if ft.chat_template else 'none'} ({ft.path.name})"
             + ("" if ft.chat_template else "; chat prompts fall back to a plain transcript")
         )
+        click.echo(
+            "RPC: available (localeft rpc-server, --rpc HOST:PORT)"
+            if rpc.available()
+            else "RPC: not available (llama.cpp built without -DGGML_RPC=ON; "
+            "reinstall with scripts/install.sh)"
+        )
+        if em.placement:
+            click.echo(placement_line(em.placement))
 
 
 @cli.command()
@@ -1016,6 +1080,8 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
 
     if o["experts"]:
         raise click.UsageError("bench measures a trio: give --large-base/--small-ft/--small-base")
+    if o["rpc"]:
+        raise click.UsageError("bench runs locally; benchmarks/rpc_bench.py measures RPC")
     paths, settings = _resolve_models(o)
     r = benchmark.run(
         paths["large_base"],
@@ -1094,6 +1160,92 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             queue=queue,
             log_level="info" if verbose else "warning",
         )
+
+
+@cli.command("rpc-server")
+@opt("--host", default="127.0.0.1", show_default=True, help="IPv4 address to listen on.")
+@opt(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=rpc.DEFAULT_PORT,
+    show_default=True,
+    help="TCP port to listen on.",
+)
+@opt("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: all).")
+@opt(
+    "--cache",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Keep received weights in DIR (by hash): reloading a model skips sending them again.",
+)
+@opt(
+    "--trusted-network",
+    is_flag=True,
+    help="Allow a --host other machines can reach (the protocol has no authentication).",
+)
+def rpc_server(host, port, threads, cache, trusted_network):
+    """Lend this machine's backend (its GPU when llama.cpp was built with one, else the CPU) to
+    a localeft on another machine, which puts layers of its large base here with --rpc
+    HOST:PORT: the weights and their KV cache live here, only activations cross the network.
+    One client at a time; Ctrl-C stops it. Listens on loopback unless told otherwise.
+
+    \b
+    Examples:
+      localeft rpc-server                                  # 127.0.0.1:50052, for tests
+      localeft rpc-server --host 192.168.1.20 --trusted-network --cache ~/.cache/localeft/rpc
+      # then, on the machine with the small models:
+      localeft chat --preset llama3.1-8b --rpc 192.168.1.20:50052
+    """
+    import socket
+
+    rpc.require()
+    try:
+        address = socket.gethostbyname(host)  # llama.cpp's server wants an IPv4 address
+    except (OSError, UnicodeError):
+        raise Failure(f"cannot listen on {host!r}: not an IPv4 address or a known name") from None
+    if not rpc.is_loopback(address):
+        if not trusted_network:
+            raise Failure(
+                f"--host {host} can be reached from other machines, and llama.cpp's RPC protocol "
+                "has no authentication; add --trusted-network if only machines you trust can "
+                "reach it"
+            )
+        click.echo(
+            f"localeft: warning: anyone who can reach {address}:{port} can use this machine's "
+            "memory and compute and read what it computes (llama.cpp's RPC protocol has no "
+            "authentication or encryption): use it only on a trusted network",
+            err=True,
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fail here, in plain words
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            raise Failure(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
+    if cache:
+        cache = os.path.expanduser(cache)
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as e:
+            raise Failure(f"cannot create the cache directory {cache}: {e.strerror}") from None
+    from .backend import default_threads
+
+    n = threads or default_threads()
+    what = "; ".join(rpc.describe_devices(rpc.serving_devices()))
+    click.echo(
+        f"localeft rpc-server: lending {what} on {address}:{port} ({n} thread{'s' * (n != 1)}); "
+        "one client at a time, Ctrl-C stops it"
+    )
+    sys.stdout.flush()
+    why = rpc.serve(address, port, n, cache)
+    if why != "signal":
+        raise Failure(why)
+    click.echo("localeft rpc-server: stopped")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # llama.cpp's server thread is still inside accept() or a computation: leave without running
+    # the interpreter's and llama.cpp's teardown under its feet.
+    os._exit(0)
 
 
 def main() -> None:

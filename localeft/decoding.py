@@ -40,6 +40,8 @@ class Stats:
     verify_seconds: float = 0.0
     layout: str = ""  # CPU layout of EFT steps: overlap | sequential ("" where moot)
     layout_probe: dict[str, float] | None = None  # median ms per step of each, once measured
+    # Where the base model's layers are when RPC servers hold some (Emulator.placement).
+    placement: list[dict] = field(default_factory=list)
 
     @property
     def decode_seconds(self) -> float:

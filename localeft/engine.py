@@ -19,6 +19,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from . import rpc as rpc_module
 from . import validate
 from .backend import Model, common_prefix
 from .decoding import PlainDecoder, Stats
@@ -125,6 +126,14 @@ class Emulator:
     `repack=False` mmaps the weights (shared through the page cache, faster to load) instead
     of reading them into llama.cpp's faster CPU layout: ~11% slower CPU decoding.
 
+    `rpc=["host:port", ...]` places the base model's layers on llama.cpp RPC servers (`localeft
+    rpc-server` on other machines; the other models stay here): by default all of them, in
+    proportion to each server's free memory, keeping here what does not fit there;
+    `rpc_split=[w1, ..., wn(, w_here)]` sets the shares (one per server, then optionally one for
+    this machine). `rpc_timeout` bounds one remote call: a server that stops answering ends the
+    process with one line after that many seconds, as llama.cpp ends it when a server dies
+    (`placement` says where the layers went; docs/DISTRIBUTED.md).
+
     Thread-safe: requests from several threads run one at a time (llama.cpp contexts are not
     thread-safe); a stream takes its turn token by token, and one left suspended while other
     requests run continues correctly afterwards (its contexts are brought back first).
@@ -146,6 +155,9 @@ class Emulator:
         drafter: int = 0,
         overlap: bool | None = None,
         repack: bool = True,
+        rpc: Sequence[str] | None = None,
+        rpc_split: Sequence[float] | None = None,
+        rpc_timeout: float = rpc_module.DEFAULT_TIMEOUT,
     ):
         trio = (large_base, small_ft, small_base)
         if any(x is not None for x in trio):
@@ -172,6 +184,7 @@ class Emulator:
         validate.integer("drafter", drafter, 0, len(self.experts) - 1)
         validate.flag("overlap", overlap)
         validate.flag("repack", repack)
+        remote = _remote(rpc, rpc_split, rpc_timeout)
         self.beta = beta  # validated by the setter
         self.group = Ensemble(
             base,
@@ -182,6 +195,7 @@ class Emulator:
             n_threads=n_threads,
             overlap=overlap,
             repack=repack,
+            remote=remote,
         )
         self.gpu_offload = self.group.gpu_offload
 
@@ -206,6 +220,13 @@ class Emulator:
     @property
     def models(self) -> dict[str, Model]:
         return {r.label: r.model for r in self.group.roles}
+
+    @property
+    def placement(self) -> list[dict]:
+        """Where the base model's layers are when RPC servers hold some ([] when all local):
+        per place ("local", then each server), its layers ("0-13", "14-27+output") and the MiB of
+        weights there."""
+        return [dict(row) for row in self.group.placement]
 
     @property
     def closed(self) -> bool:
@@ -492,7 +513,9 @@ class Emulator:
     def _run(self, job: _Job, out: Stream) -> Iterator[str]:
         group = self.group
         t0 = time.perf_counter()
-        stats = Stats(prompt_tokens=max(len(p) for p in job.prompts.values()))
+        stats = Stats(
+            prompt_tokens=max(len(p) for p in job.prompts.values()), placement=self.placement
+        )
         eog_model = self._eog_model(job.mode)
         recorder = None
         if job.logprobs is not None:
@@ -547,6 +570,22 @@ def _is_ids(x) -> bool:
         and len(x) > 0
         and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in x)
     )
+
+
+def _remote(endpoints, split, timeout) -> rpc_module.Remote | None:
+    """The RPC settings, checked before anything loads."""
+    if endpoints is None:
+        if split is not None:
+            raise InvalidParameterError("rpc_split needs rpc (the RPC servers)")
+        validate.number("rpc_timeout", timeout, 0.1)
+        return None
+    eps = rpc_module.endpoints(endpoints)
+    if not eps:
+        raise InvalidParameterError("rpc must name at least one 'HOST:PORT' server, or be None")
+    if split is not None:
+        split = rpc_module.check_split(split, len(eps))
+    rpc_module.require()
+    return rpc_module.Remote(tuple(eps), split, validate.number("rpc_timeout", timeout, 0.1))
 
 
 def _check_text(text: str) -> None:

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import rpc
 from .backend import Context, Model, available_memory, check_gguf_file, default_threads
 from .eft import Combiner, Term
 from .errors import InsufficientMemoryError, LocaleftWarning
@@ -77,20 +78,29 @@ class Ensemble:
         n_threads: int | None = None,
         overlap: bool | None = None,
         repack: bool = True,
+        remote: rpc.Remote | None = None,
     ):
+        """`remote`: the base model's layers go to these RPC servers (the others stay here)."""
         self.lock = threading.RLock()  # llama.cpp contexts are not thread-safe
         self.owner: object | None = None  # the decoder whose state the KV caches hold
         self.models: dict[Path, Model] = {}
         self.roles: list[Role] = []
         self.closed = False
         self._pool: ThreadPoolExecutor | None = None
+        self.placement: list[dict] = []  # where the base model's layers are, when remote
+        self.devices: list[rpc.Device] = []  # the RPC servers' devices it uses
+        self.plan: rpc.Plan | None = None
         try:
-            self._load(base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack)
+            self._load(
+                base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
+            )
         except BaseException:
             self.close()
             raise
 
-    def _load(self, base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack):
+    def _load(
+        self, base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
+    ):
         many = len(experts) > 1
         specs = [(base, "base", "base")] + [
             spec
@@ -105,15 +115,36 @@ class Ensemble:
         # Everything that can fail cheaply fails before the first weight is read.
         for p in files:
             check_gguf_file(p)
+        base_path = keys[0][0]
+        devices = remote.connect() if remote else []
         contexts = [p for p, _ in dict.fromkeys((p, kind) for p, kind, _ in keys)]
-        self.vocab = self._precheck(files, contexts, n_ctx, n_gpu_layers)
+        self.vocab, plan = self._precheck(
+            files, contexts, n_ctx, n_gpu_layers, base_path, devices, remote and remote.split
+        )
+        self.devices, self.plan = devices, plan
+        watchdog = rpc.Watchdog(remote.timeout, remote.endpoints) if remote else None
         for p in files:
-            self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
+            if plan is not None and p == base_path:
+                self.models[p] = Model(
+                    p,
+                    n_gpu_layers=plan.n_gpu_layers,
+                    devices=[d.handle for d in devices],
+                    tensor_split=plan.weights,
+                    repack=repack,
+                    watchdog=watchdog,
+                )
+                self.placement = _placement(plan, devices, self.models[p].load_log)
+            else:
+                self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
         cores = _threads(n_threads)
+        # Sizes are what each model computes here: a base all on RPC servers only waits.
+        sizes = [self.models[p].size_bytes for p, _ in unique]
+        if plan is not None:
+            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1)
         step = step_threads(
-            [self.models[p].size_bytes for p, _ in unique],
+            sizes,
             cores,
             enabled=overlap is not False and not self.gpu_offload,
         )
@@ -139,11 +170,22 @@ class Ensemble:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
 
     @staticmethod
-    def _precheck(files: list[Path], contexts: list[Path], n_ctx: int, n_gpu_layers: int):
+    def _precheck(
+        files: list[Path],
+        contexts: list[Path],
+        n_ctx: int,
+        n_gpu_layers: int,
+        base_path: Path,
+        devices: list[rpc.Device],
+        split: tuple[float, ...] | None,
+    ):
         """Vocabularies, trained context and memory, from each file's metadata and tokenizer
         alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
-        in a second, not after minutes of loading weights."""
+        in a second, not after minutes of loading weights. With RPC `devices`, also where the
+        base's layers go (rpc.plan): what goes there does not count here. Returns the
+        vocabulary check and that plan (None without RPC)."""
         heads = [Model(p, vocab_only=True) for p in files]
+        plan = None
         try:
             vocab = check_vocabularies(heads)
             for m in heads:
@@ -155,11 +197,23 @@ class Ensemble:
                         stacklevel=4,
                     )
             kv_per_file = {m.path: m.kv_bytes(n_ctx) for m in heads}
-            kv = sum(kv_per_file[p] for p in contexts)
+            n_layer = next(m.n_layer for m in heads if m.path == base_path)
         finally:
             for m in heads:
                 m.close()
-        weights = 0 if n_gpu_layers else sum(p.stat().st_size for p in files)
+        here = {p: 0 if n_gpu_layers else p.stat().st_size for p in files}
+        if devices:
+            size, n_kv = base_path.stat().st_size, contexts.count(base_path)
+            per_layer = size / (n_layer + 1) + n_kv * kv_per_file[base_path] / max(n_layer, 1)
+            plan = rpc.plan(n_layer, devices, split, per_layer)
+            _check_remote_memory(plan, devices, per_layer)
+            # The input embedding always stays here: about one layer's worth.
+            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2)
+            kv_per_file[base_path] = (
+                kv_per_file[base_path] * min(plan.local_layers, n_layer) // max(n_layer, 1)
+            )
+        kv = sum(kv_per_file[p] for p in contexts)
+        weights = sum(here.values())
         free = available_memory()
         need = weights + kv
         if free is not None and need > free:
@@ -168,9 +222,9 @@ class Ensemble:
                 f"these models need about {need / gib:.1f} GiB (weights {weights / gib:.1f} + "
                 f"KV caches {kv / gib:.1f} for a context of {n_ctx} tokens) but "
                 f"{free / gib:.1f} GiB of memory is available; use a smaller context (n_ctx), "
-                "smaller quantisations, or GPU offload"
+                "smaller quantisations, GPU offload, or RPC servers (--rpc)"
             )
-        return vocab
+        return vocab, plan
 
     # --- what the group is -----------------------------------------------------------------
     @property
@@ -319,6 +373,38 @@ class Ensemble:
             m.close()
 
 
+def _check_remote_memory(plan: rpc.Plan, devices: list[rpc.Device], per_layer: float) -> None:
+    where = plan.layers()
+    for i, d in enumerate(devices):
+        need = where.count(i) * per_layer
+        if d.free and need > d.free:
+            gib = 2**30
+            raise InsufficientMemoryError(
+                f"RPC server {d.label} has {d.free / gib:.1f} GiB free but its "
+                f"{where.count(i)} layers of the large base need about {need / gib:.1f} GiB; "
+                "give it a smaller share (--rpc-split) or add servers"
+            )
+
+
+def _placement(plan: rpc.Plan, devices: list[rpc.Device], log) -> list[dict]:
+    """Where the base model's layers went, JSON-ready, as llama.cpp's load log says (the plan's
+    rule where the log is silent): per place ("local", then each server) its layers and the MiB
+    of weights llama.cpp allocated there."""
+    where = plan.layers()
+    if len(log.layers) == len(where):
+        index = {d.name: i for i, d in enumerate(devices)}
+        where = [index.get(log.layers[il], -1) for il in range(len(where))]
+    rows = rpc.describe(where, devices)
+    remote = {d.label: d.buffer for d in devices}
+    for row in rows:
+        if row["device"] == "local":
+            mib = sum(v for k, v in log.buffers.items() if k not in remote.values())
+        else:
+            mib = log.buffers.get(remote[row["device"]], 0.0)
+        row["weights_mib"] = round(mib, 1)
+    return rows
+
+
 def _threads(requested: int | None) -> int:
     """Threads per decode: as asked, but never more than the cores this process may use
     (oversubscribed, llama.cpp's spinning workers ran 13x slower here)."""
@@ -345,7 +431,11 @@ def step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | Non
     """Threads for single-token steps when context 0 (the base) decodes concurrently with the
     rest, which run one after another: cores split in proportion to model size (decode time on
     a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
-    if not enabled or cores < 2 or len(sizes) < 2:
+    if not enabled or len(sizes) < 2:
+        return None
+    if sizes[0] == 0:  # the base computes on RPC servers: its thread only waits for them
+        return [1] + [cores] * (len(sizes) - 1)
+    if cores < 2:
         return None
     share = round(cores * sizes[0] / sum(sizes))
     base = min(max(share, 1), cores - 1)

@@ -42,5 +42,10 @@ class InsufficientMemoryError(LocaleftError):
     """The models and their KV caches would not fit the memory this machine has free."""
 
 
+class RpcError(LocaleftError):
+    """An RPC server (llama.cpp's rpc-server, `localeft rpc-server`) is unreachable, foreign,
+    busy or cannot hold its share of the layers."""
+
+
 class LocaleftWarning(UserWarning):
     """A setting that works but is probably not what the user wants (the CLI prints one line)."""

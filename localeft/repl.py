@@ -346,6 +346,15 @@ class ChatSession:
             "replies": self.replies,
         }
 
+    def fault_note(self) -> str:
+        """What is kept when a fault ends the process mid-reply (a lost RPC server)."""
+        if self.history.exists():
+            return (
+                f"every finished turn is saved in {self.history}; "
+                f"`localeft chat --resume {self.history}` continues the conversation"
+            )
+        return "no turn had finished: nothing to resume"
+
     def save_history(self) -> None:
         try:
             write_json(self.history, self.data(), mkdir=True)

@@ -91,6 +91,15 @@ def stats_line(s: Stats, full: bool = False) -> str:
     return line
 
 
+def placement_line(rows: list[dict]) -> str:
+    """Where the large base's layers are (Emulator.placement), on one line."""
+    parts = []
+    for r in rows:
+        layers = r["layers"] if r["device"] == "local" else f"layers {r['layers'] or 'none'}"
+        parts.append(f"{r['device']} {layers} ({r['weights_mib']:.1f} MiB)")
+    return "large base: " + " | ".join(parts)
+
+
 def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
     if g.finish_reason == "context":
         click.echo(f"{prefix}(stopped: the context window is full; raise -c/--ctx-size)", err=True)

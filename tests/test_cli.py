@@ -79,7 +79,16 @@ def hub_preset() -> str:
 def test_version_and_help_with_examples():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.strip() == "localeft 0.1.0"
-    for command in ([], ["generate"], ["chat"], ["compare"], ["pull"], ["models"], ["check"]):
+    for command in (
+        [],
+        ["generate"],
+        ["chat"],
+        ["compare"],
+        ["pull"],
+        ["models"],
+        ["check"],
+        ["rpc-server"],
+    ):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Examples:" in result.stdout, command
     assert "bench" in invoke("--help").stdout

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""The large base over RPC vs local: tok/s of the model alone and of EFT, and bytes per token.
+
+    python benchmarks/rpc_bench.py LARGE_BASE SMALL_FT SMALL_BASE [-n 32] [--reps 5] [--json]
+
+Starts two `localeft rpc-server` processes on free loopback ports, loads the trio twice in this
+process (all local; the large base split over the two servers, every layer remote), and measures
+in one run, variants alternating: the large base alone and EFT (plain, and speculative over RPC)
+as median decode ms/token, and the bytes each RPC token costs, read from the kernel's TCP
+counters of llama.cpp's own sockets (TCP_INFO: bytes acked and received; Linux). Also: the
+log-probability difference RPC vs local (with and without this machine's repacked weights: the
+servers do not repack, so the un-repacked local model isolates the protocol's cost), and prompt
+processing speed. On one machine the servers share its cores with the client: this
+measures the protocol's cost, not the gain of more machines (docs/DISTRIBUTED.md models a LAN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+import llama_cpp  # noqa: F401  (before numpy; see localeft/__init__.py)
+import numpy as np
+
+from localeft import Emulator, rpc
+from localeft.backend import default_threads
+
+PROMPT = [
+    {
+        "role": "user",
+        "content": "Write a Python function that checks whether a number is "
+        "prime, with a docstring and a few tests.",
+    }
+]
+LONG_PROMPT = "def fibonacci(n):\n    " * 60  # ~300 tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "localeft", "rpc-server", "--port", str(port), "-t", str(threads)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            rpc.probe(endpoint, timeout=2.0)
+            return p, endpoint
+        except rpc.RpcError:
+            time.sleep(0.1)
+    raise SystemExit(f"rpc-server on {endpoint} did not start")
+
+
+def tcp_counters(ports: set[int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """(fd, port) -> (bytes sent and acked, bytes received) of this process's TCP sockets
+    connected to those ports: llama.cpp's RPC connections."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with s:
+            try:
+                port = s.getpeername()[1]
+            except (OSError, IndexError, TypeError):
+                continue
+            if port in ports:
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                out[(fd, port)] = struct.unpack_from("<QQ", info, 120)
+    return out
+
+
+def traffic(before: dict, after: dict) -> tuple[int, int]:
+    sent = sum(after[k][0] - before[k][0] for k in after if k in before)
+    received = sum(after[k][1] - before[k][1] for k in after if k in before)
+    return sent, received
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("large_base")
+    ap.add_argument("small_ft")
+    ap.add_argument("small_base")
+    ap.add_argument("-n", "--tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("-c", "--ctx-size", type=int, default=2048)
+    ap.add_argument("-t", "--threads", type=int, help="client threads (default: all)")
+    ap.add_argument("--server-threads", type=int, help="threads per server (default: all)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    cores = default_threads()
+    servers = [start_server(a.server_threads or cores) for _ in range(2)]
+    endpoints = [e for _, e in servers]
+    ports = {int(e.rsplit(":", 1)[1]) for e in endpoints}
+    trio = dict(
+        large_base=a.large_base,
+        small_ft=a.small_ft,
+        small_base=a.small_base,
+        n_ctx=a.ctx_size,
+        n_threads=a.threads,
+    )
+    result: dict = {"endpoints": endpoints, "cores": cores}
+    try:
+        log("loading: local, local without repacking, and over RPC")
+        here = Emulator(**trio)
+        plain = Emulator(**trio, repack=False)
+        there = Emulator(**trio, rpc=endpoints)
+        result["placement"] = there.placement
+        result["overlap"] = {"local": here.overlap, "rpc": there.overlap}
+
+        # exactness: the next-token distribution after a few prompts (the -inf of masked ids
+        # must match; differences over the finite ones, and of the probabilities)
+        diffs: dict[str, dict[str, float]] = {}
+        for prompt in ["def fibonacci(n):", "The capital of France is", PROMPT, "import numpy"]:
+            lp = there.logprobs(prompt)
+            for key, em in (("rpc_vs_local", here), ("rpc_vs_local_no_repack", plain)):
+                other = em.logprobs(prompt)
+                finite = np.isfinite(lp)
+                assert (finite == np.isfinite(other)).all() and lp.argmax() == other.argmax()
+                d = diffs.setdefault(key, {"max_abs_logprob": 0.0, "max_abs_prob": 0.0})
+                d["max_abs_logprob"] = max(
+                    d["max_abs_logprob"], float(np.abs(lp[finite] - other[finite]).max())
+                )
+                d["max_abs_prob"] = max(
+                    d["max_abs_prob"], float(np.abs(np.exp(lp) - np.exp(other)).max())
+                )
+        result["max_diff"] = diffs
+
+        # prompt processing, the large base alone, fresh caches
+        prompt_tps: dict[str, list[float]] = {"local": [], "local_no_repack": [], "rpc": []}
+        for _ in range(2):
+            for name, em in (("local", here), ("local_no_repack", plain), ("rpc", there)):
+                for r in em.group.roles:
+                    r.ctx.truncate(0)
+                g = em.generate(LONG_PROMPT, max_tokens=1, mode="base", speculative=False)
+                prompt_tps[name].append(g.stats.prompt_evaluated / g.stats.prompt_seconds)
+        result["prompt_tokens_per_second_large"] = {
+            k: statistics.median(v) for k, v in prompt_tps.items()
+        }
+
+        variants = {
+            "large_local": (here, dict(mode="base", speculative=False)),
+            "large_local_no_repack": (plain, dict(mode="base", speculative=False)),
+            "large_rpc": (there, dict(mode="base", speculative=False)),
+            "eft_local": (here, dict(speculative=False)),
+            "eft_rpc": (there, dict(speculative=False)),
+            "eft_rpc_sequential": (there, dict(speculative=False)),
+            "eft_rpc_speculative": (there, dict(speculative=True)),
+        }
+        for em in (here, plain, there):  # warm-up: caches hold the prompt
+            em.chat(PROMPT, max_tokens=2, speculative=False)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        per_token: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+        accept = []
+        for rep in range(a.reps):
+            order = list(variants)
+            order = order[rep % len(order) :] + order[: rep % len(order)]
+            for name in order:
+                em, kw = variants[name]
+                before = tcp_counters(ports)
+                if name == "eft_rpc_sequential":
+                    with em.group.sequential():
+                        g = em.chat(PROMPT, max_tokens=a.tokens, **kw)
+                else:
+                    g = em.chat(PROMPT, max_tokens=a.tokens, **kw)
+                sent, received = traffic(before, tcp_counters(ports))
+                n = max(g.stats.generated_tokens, 1)
+                times[name].append(g.stats.decode_seconds / n)
+                per_token[name].append((sent / n, received / n))
+                if g.stats.speculative:
+                    accept.append(g.stats.acceptance_rate)
+                log(f"rep {rep + 1}/{a.reps} {name}: {1000 * times[name][-1]:.1f} ms/token")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        result["ms_per_token"] = {k: 1000 * v for k, v in med.items()}
+        result["tokens_per_second"] = {k: 1 / v for k, v in med.items()}
+        result["ratios"] = {
+            "large_rpc_vs_local_speed": med["large_local"] / med["large_rpc"],
+            "large_rpc_vs_local_no_repack_speed": med["large_local_no_repack"] / med["large_rpc"],
+            "eft_rpc_vs_local_speed": med["eft_local"] / med["eft_rpc"],
+            "eft_rpc_speculative_vs_plain_speed": med["eft_rpc"] / med["eft_rpc_speculative"],
+            "eft_rpc_overlap_vs_sequential_speed": med["eft_rpc_sequential"] / med["eft_rpc"],
+        }
+        result["bytes_per_token"] = {
+            k: {
+                "sent": statistics.median(s for s, _ in v),
+                "received": statistics.median(r for _, r in v),
+            }
+            for k, v in per_token.items()
+            if "rpc" in k
+        }
+        if accept:
+            result["speculative_acceptance"] = statistics.median(accept)
+        for em in (there, here, plain):
+            em.close()
+    finally:
+        for p, _ in servers:
+            p.send_signal(signal.SIGINT)
+        for p, _ in servers:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"servers: {', '.join(endpoints)} (loopback), {cores} cores shared with the client")
+    print("placement: " + " | ".join(f"{r['device']} {r['layers']}" for r in result["placement"]))
+    print(f"{'variant':<22}{'ms/token':>10}{'tok/s':>9}{'sent B/tok':>12}{'recv B/tok':>12}")
+    for k, v in result["ms_per_token"].items():
+        b = result["bytes_per_token"].get(k)
+        extra = f"{b['sent']:>12.0f}{b['received']:>12.0f}" if b else ""
+        print(f"{k:<22}{v:>10.1f}{result['tokens_per_second'][k]:>9.2f}{extra}")
+    for k, v in result["ratios"].items():
+        print(f"{k:<40}{v:>8.3f}")
+    print(f"prompt tok/s (large alone): {result['prompt_tokens_per_second_large']}")
+    print(f"max differences: {result['max_diff']}")
+    if accept:
+        print(f"speculative acceptance: {result['speculative_acceptance']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
