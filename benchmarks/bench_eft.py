@@ -8,22 +8,18 @@ On this project's CPU machines the stand-in trio is ../shared/models/ (fetch.sh)
         M/qwen2.5-coder-0.5b-instruct.gguf M/qwen2.5-coder-0.5b-instruct.gguf
 """
 
-import argparse
 import json
 import sys
 
 import llama_cpp  # noqa: F401  (before numpy; see localeft/__init__.py)
 
+from trioargs import trio_parser  # noqa: E402
+
 from localeft.bench import format_table, run
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("large_base")
-    ap.add_argument("small_ft")
-    ap.add_argument("small_base")
-    ap.add_argument("-n", "--tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = trio_parser(__doc__, tokens=32, reps=3)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
     ap.add_argument("-t", "--threads", type=int)
     ap.add_argument("-ngl", "--gpu-layers", type=int, default=0)

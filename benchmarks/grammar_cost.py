@@ -10,7 +10,6 @@ alone; only a rejected draw pays for a full mask).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -18,8 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+
+from trioargs import trio_parser  # noqa: E402
 
 from localeft import Emulator  # noqa: E402
 from localeft.grammar import Grammar, schema_grammar  # noqa: E402
@@ -42,12 +44,7 @@ PROMPT = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("large_base")
-    ap.add_argument("small_ft")
-    ap.add_argument("small_base")
-    ap.add_argument("-n", "--tokens", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=5)
+    ap = trio_parser(__doc__, tokens=64, reps=5)
     a = ap.parse_args()
     em = Emulator(a.large_base, a.small_ft, a.small_base, n_ctx=2048)
     em.chat(PROMPT, max_tokens=2)

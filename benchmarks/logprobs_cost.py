@@ -9,13 +9,15 @@ noisy on a shared machine). Also times `Emulator.score` per token and the explai
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trioargs import trio_parser  # noqa: E402
 
 from localeft import Emulator  # noqa: E402
 from localeft.bench import PROMPT  # noqa: E402
@@ -23,12 +25,7 @@ from localeft.scoring import Recorder  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("large_base")
-    ap.add_argument("small_ft")
-    ap.add_argument("small_base")
-    ap.add_argument("-n", "--tokens", type=int, default=48)
-    ap.add_argument("--reps", type=int, default=5)
+    ap = trio_parser(__doc__, tokens=48, reps=5)
     ap.add_argument("--top", type=int, default=5)
     a = ap.parse_args()
     em = Emulator(a.large_base, a.small_ft, a.small_base, n_ctx=2048)

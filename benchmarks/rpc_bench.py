@@ -16,7 +16,6 @@ measures the protocol's cost, not the gain of more machines (docs/DISTRIBUTED.md
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -30,16 +29,12 @@ import time
 import llama_cpp  # noqa: F401  (before numpy; see localeft/__init__.py)
 import numpy as np
 
+from trioargs import trio_parser  # noqa: E402
+
 from localeft import Emulator, rpc
 from localeft.backend import default_threads
+from localeft.bench import PROMPT
 
-PROMPT = [
-    {
-        "role": "user",
-        "content": "Write a Python function that checks whether a number is "
-        "prime, with a docstring and a few tests.",
-    }
-]
 LONG_PROMPT = "def fibonacci(n):\n    " * 60  # ~300 tokens
 
 
@@ -93,12 +88,7 @@ def traffic(before: dict, after: dict) -> tuple[int, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("large_base")
-    ap.add_argument("small_ft")
-    ap.add_argument("small_base")
-    ap.add_argument("-n", "--tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=5)
+    ap = trio_parser(__doc__, tokens=32, reps=5)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
     ap.add_argument("-t", "--threads", type=int, help="client threads (default: all)")
     ap.add_argument("--server-threads", type=int, help="threads per server (default: all)")

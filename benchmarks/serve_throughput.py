@@ -11,7 +11,6 @@ The server runs in this process (uvicorn in a thread, 127.0.0.1), the client is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import statistics
@@ -21,9 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
+
+from trioargs import trio_parser  # noqa: E402
 
 from localeft import Emulator  # noqa: E402
 from localeft.bench import PROMPT  # noqa: E402
@@ -79,12 +81,7 @@ def served(url: str, messages, n: int) -> tuple[float, float, int, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("large_base")
-    ap.add_argument("small_ft")
-    ap.add_argument("small_base")
-    ap.add_argument("-n", "--tokens", type=int, default=48)
-    ap.add_argument("--reps", type=int, default=5)
+    ap = trio_parser(__doc__, tokens=48, reps=5)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
     a = ap.parse_args()
     em = Emulator(a.large_base, a.small_ft, a.small_base, n_ctx=a.ctx_size)
