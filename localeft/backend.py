@@ -127,8 +127,8 @@ class _LoadInterrupt:
 
     @contextlib.contextmanager
     def watching(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals only reach the main thread
+        if not _interruptible():
+            yield  # signals only reach the main thread; an ignored SIGINT stays ignored
             return
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
@@ -171,6 +171,14 @@ class _LoadLog:
                     self.buffers[name] = self.buffers.get(name, 0.0) + float(m.group(2))
                 elif m := _LAYER_LINE.search(line):
                     self.layers[int(m.group(1))] = m.group(2)
+
+
+def _interruptible() -> bool:
+    """Can Ctrl-C reach Python here? (the main thread, and SIGINT not ignored, as under nohup)"""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    )
 
 
 def default_threads(from_env: bool = True) -> int:

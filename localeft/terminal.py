@@ -112,7 +112,10 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
 def deferred_interrupts():
     """A Ctrl-C inside the block takes effect when it ends: bookkeeping that must not be left
     half done (a turn appended without its record) runs to its end first."""
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # (nohup: Ctrl-C cannot come)
+    ):
         yield
         return
     hits = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,11 @@ def test_ctrl_c_while_loading_exits_130_with_one_line(tiny, monkeypatch):
         return None
 
     monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", loading)
-    result = invoke("generate", *trio(tiny), "hello")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        result = invoke("generate", *trio(tiny), "hello")
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert result.exit_code == 130 and result.stderr.strip() == "localeft: interrupted"
 
 

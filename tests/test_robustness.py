@@ -292,11 +292,15 @@ def test_ctrl_c_during_a_load_aborts_it(tiny, monkeypatch):
         return None  # what llama.cpp returns for an aborted load
 
     monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", loading)
-    with pytest.raises(KeyboardInterrupt):
-        Model(tiny.small_ft)
-    assert answers == [False]
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Model(tiny.small_ft)
+        assert answers == [False]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", real)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     Model(tiny.small_ft).close()  # and loads work again
 
 
