@@ -24,12 +24,15 @@ from pathlib import Path
 
 import click
 
-from . import __version__, registry, rpc, tokenview
+from . import __version__, registry, rpc
 from .backend import Model
 from .engine import MAX_TOP_LOGPROBS, Emulator, Expert, Generation
 from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, LocaleftWarning
 from .grammar import Grammar, any_json_object, schema_grammar
 from .repl import CHAT_HELP, ChatSession, history_dir, latest_history
+from .reports import ROLE_NAMES, check_plotting, eval_table, model_names, plot_accuracy
+from .reports import token_table
+from .reports import totals_table, write_page
 from .scoring import evaluate, read_items, read_jsonl
 from .speculative import MAX_DRAFT
 from .terminal import BETA, DRAFT, EXPLAIN_TOP, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K
@@ -37,7 +40,6 @@ from .terminal import TOP_P
 from .terminal import explained, notes, placement_line, run, stdin_is_tty
 
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
-ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
 
 
 class Failure(click.ClickException):
@@ -456,21 +458,6 @@ def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
     }
 
 
-def write_page(path: str, g: Generation, request, em: Emulator, beta: float) -> None:
-    prompt = request if isinstance(request, str) else request[-1]["content"]
-    meta = f"beta {beta:g}; " + ", ".join(
-        f"{label}: {m.path.name}" for label, m in em.models.items()
-    )
-    try:
-        Path(path).write_text(
-            tokenview.html_page(g.logprobs or [], "localeft token view", prompt, meta),
-            encoding="utf-8",
-        )
-    except OSError as e:
-        raise Failure(f"cannot write {path}: {e.strerror or e}") from None
-    click.echo(f"(token view written to {path})", err=True)
-
-
 def show_side_by_side(gens: dict[str, Generation]) -> None:
     width = shutil.get_terminal_size().columns
     if width < 120:
@@ -564,6 +551,7 @@ def generate(prompt, chat, mode, as_json, logprobs, explain, html, **o):
             click.echo()
         if html is not None:
             write_page(html, g, request, em, em.beta)
+            click.echo(f"(token view written to {html})", err=True)
         notes(g, o["verbose"])
 
 
@@ -604,32 +592,6 @@ def _progress(items, label: str):
     if not sys.stderr.isatty():
         return contextlib.nullcontext(items)
     return click.progressbar(items, label=label, file=sys.stderr, show_eta=True, show_pos=True)
-
-
-def _model_names(em: Emulator) -> dict[str, str]:
-    return {label: ROLE_NAMES.get(label, label) for label in em.models}
-
-
-def totals_table(sc, em: Emulator) -> str:
-    rows = [("EFT (beta %g)" % sc.beta, sc.totals["eft"])]
-    rows += [(_model_names(em)[k], v) for k, v in sc.totals.items() if k != "eft"]
-    lines = [f"{'':<20}{'tokens':>8}{'log-prob':>12}{'mean':>10}{'perplexity':>12}"]
-    for name, t in rows:
-        lines.append(
-            f"{name:<20}{t.tokens:>8}{t.logprob:>12.3f}{t.mean:>10.3f}{t.perplexity:>12.2f}"
-        )
-    return "\n".join(lines)
-
-
-def token_table(sc, em: Emulator) -> str:
-    labels = [k for k in sc.totals if k != "eft"]
-    head = f"{'token':<18}{'EFT':>9}{'rank':>6}" + "".join(f"{k:>9}" for k in labels)
-    lines = [head + "  (* EFT's top choice differs from the large base's)"]
-    for r in sc.tokens:
-        cells = "".join(f"{r.models[k]:>9.3f}" for k in labels)
-        star = " *" if r.top_differs else ""
-        lines.append(f"{repr(r.text)[:18]:<18}{r.logprob:>9.3f}{r.rank:>6}{cells}{star}")
-    return "\n".join(lines)
 
 
 def _score_line(d):
@@ -718,7 +680,7 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
                     click.echo(
                         f"line {n}: {t['eft'].tokens} tokens, EFT {t['eft'].logprob:.3f}, "
                         + ", ".join(
-                            f"{_model_names(em)[k]} {v.logprob:.3f}"
+                            f"{model_names(em)[k]} {v.logprob:.3f}"
                             for k, v in t.items()
                             if k != "eft"
                         )
@@ -726,7 +688,7 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
         if jsonl is not None and not as_json and totals:
             click.echo(f"\nall {len(totals['eft'])} lines:")
             for k, ts in totals.items():
-                name = f"EFT (beta {em.beta:g})" if k == "eft" else _model_names(em)[k]
+                name = f"EFT (beta {em.beta:g})" if k == "eft" else model_names(em)[k]
                 lp, n_tok = sum(t.logprob for t in ts), sum(t.tokens for t in ts)
                 click.echo(f"{name:<20}{n_tok:>8}{lp:>12.3f}{lp / n_tok:>10.3f}")
     if errors:
@@ -782,7 +744,7 @@ def eval_command(file, betas, plot, as_json, **o):
     except click.BadParameter as e:
         raise click.UsageError(f"--beta: {e.message}") from None
     if plot is not None:
-        _check_plotting()
+        check_plotting()
     items, errors = read_items(file)
     em, _ = open_emulator({**o, "beta": None})
     with em:
@@ -819,57 +781,6 @@ def eval_command(file, betas, plot, as_json, **o):
             click.echo(f"(plot written to {plot})", err=True)
     if errors:
         raise Failure(f"{len(errors)} line(s) of {file} were skipped (see above)")
-
-
-def eval_table(rows, n: int) -> str:
-    lines = [f"{'':<26}{'accuracy':>10}{'length-normalised':>19}   ({n} items)"]
-    for r in rows:
-        lines.append(f"{r.name:<26}{r.accuracy:>10.3f}{r.accuracy_norm:>19.3f}")
-    return "\n".join(lines)
-
-
-def _check_plotting() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise Failure(
-            "--plot needs matplotlib: pip install 'localeft[plot]' (or pip install matplotlib)"
-        ) from None
-
-
-def plot_accuracy(rows, path: str, title: str) -> None:
-    """Accuracy against beta for EFT, the two models alone as horizontal lines (the paper's
-    figure, on the user's data)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    eft = [r for r in rows if r.beta is not None]
-    alone = [r for r in rows if r.beta is None]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for ax, attr, name in zip(axes, ("accuracy", "accuracy_norm"), ("summed", "length-normalised")):
-        ax.plot([r.beta for r in eft], [getattr(r, attr) for r in eft], "o-", label="EFT")
-        for r, style in zip(alone, ("--", ":")):
-            ax.axhline(
-                getattr(r, attr),
-                linestyle=style,
-                color="gray" if style == "--" else "k",
-                label=r.name,
-            )
-        ax.set_xlabel("beta")
-        ax.set_title(f"{name} log-likelihood")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
-    axes[1].legend(loc="best", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise Failure(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        plt.close(fig)
 
 
 @cli.command(
