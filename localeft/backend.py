@@ -13,10 +13,8 @@ import contextlib
 import ctypes
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 import weakref
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +24,7 @@ import numpy as np
 
 from . import rpc
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
+from .interrupts import deferred_interrupts
 
 MAX_OUTPUTS = 16
 # A remote load may go this many RPC timeouts between llama.cpp's progress reports (one per
@@ -111,35 +110,24 @@ def last_llama_error(anything: bool = False) -> str:
 class _LoadInterrupt:
     """Ctrl-C during a model load. llama.cpp calls our progress callback while it reads the
     weights; a KeyboardInterrupt raised inside a ctypes callback is only printed ("Exception
-    ignored ...") and the load goes on. So while loading, SIGINT just sets a flag, the callback
+    ignored ...") and the load goes on. So while loading, SIGINT is only recorded, the callback
     returns false (llama.cpp aborts the load), and the interrupt is raised afterwards."""
 
     def __init__(self, on_progress: Callable[[], None] | None = None):
-        self.hit = False
+        self.hits: list = []
 
         @llama_cpp.llama_progress_callback
         def progress(value: float, user_data: ctypes.c_void_p) -> bool:
             if on_progress is not None:
                 on_progress()
-            return not self.hit
+            return not self.hits
 
         self.callback = progress
 
     @contextlib.contextmanager
     def watching(self):
-        if not _interruptible():
-            yield  # signals only reach the main thread; an ignored SIGINT stays ignored
-            return
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
+        with deferred_interrupts() as self.hits:
             yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if self.hit:
-            raise KeyboardInterrupt
-
-    def _on_sigint(self, signum, frame) -> None:
-        self.hit = True
 
 
 def _unguarded(patience: float = 1.0) -> contextlib.nullcontext:
@@ -171,14 +159,6 @@ class _LoadLog:
                     self.buffers[name] = self.buffers.get(name, 0.0) + float(m.group(2))
                 elif m := _LAYER_LINE.search(line):
                     self.layers[int(m.group(1))] = m.group(2)
-
-
-def _interruptible() -> bool:
-    """Can Ctrl-C reach Python here? (the main thread, and SIGINT not ignored, as under nohup)"""
-    return (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    )
 
 
 def default_threads(from_env: bool = True) -> int:

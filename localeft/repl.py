@@ -18,7 +18,8 @@ import click
 from .decoding import Stats
 from .engine import Emulator
 from .errors import ContextOverflowError, LocaleftError
-from .terminal import EXPLAIN_TOP, MODES, SETTABLE, deferred_interrupts, explained, notes, run
+from .interrupts import deferred_interrupts
+from .terminal import EXPLAIN_TOP, MODES, SETTABLE, explained, notes, run
 from .terminal import stats_line, stdin_is_tty
 
 CHAT_HELP = """Commands:

@@ -4,10 +4,7 @@ that both options and `/set` accept (one definition per number)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 
 import click
 
@@ -106,23 +103,3 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
     if verbose:
         seed = f" | seed {g.seed}" if g.seed is not None else ""
         click.echo(prefix + stats_line(g.stats) + seed, err=True)
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """A Ctrl-C inside the block takes effect when it ends: bookkeeping that must not be left
-    half done (a turn appended without its record) runs to its end first."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # (nohup: Ctrl-C cannot come)
-    ):
-        yield
-        return
-    hits = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if hits:
-        raise KeyboardInterrupt
