@@ -260,12 +260,22 @@ class Emulator:
         """Token lists per context index, each rendered for its role (token ids: exactly those,
         in every context)."""
         self._check_open()
-        ids = self._check_ids("prompt", prompt) if _is_ids(prompt) else None
-        rendered = None if ids is not None else self._rendered(prompt)
-        out = {}
-        for i in indices:
-            r = self.group.roles[i]
-            toks = list(ids) if ids is not None else tokenize_prompt(r.model, rendered[r.kind])
+        if _is_ids(prompt):
+            ids = self._check_ids("prompt", prompt)
+            return self._fitting({i: list(ids) for i in indices})
+        return self._tokenized(self._rendered(prompt), indices)
+
+    def _tokenized(self, rendered: dict[str, Rendered], indices: list[int]) -> dict[int, list[int]]:
+        return self._fitting(
+            {
+                i: tokenize_prompt(self.group.roles[i].model, rendered[self.group.roles[i].kind])
+                for i in indices
+            }
+        )
+
+    def _fitting(self, prompts: dict[int, list[int]]) -> dict[int, list[int]]:
+        """The prompts, if each leaves room for a token in the context."""
+        for toks in prompts.values():
             if len(toks) >= self.n_ctx:
                 raise ContextOverflowError(
                     f"the prompt is {len(toks)} tokens but the context holds {self.n_ctx}; "
@@ -273,8 +283,7 @@ class Emulator:
                     tokens=len(toks),
                     n_ctx=self.n_ctx,
                 )
-            out[i] = toks
-        return out
+        return prompts
 
     def _check_fits(self, tokens: int) -> None:
         if tokens > self.n_ctx:
@@ -357,18 +366,16 @@ class Emulator:
         appended to every context as generated tokens are). Where the prompt's last tokens
         merge with the continuation's first, they count as continuation."""
         group = self.group
-        if _is_ids(prompt):  # token ids: every context sees exactly these
-            ids = self._check_ids("prompt", prompt)
-            self._check_open()
-            prompts = {i: list(ids) for i in group.indices("eft")}
-            if isinstance(continuation, str):
+        indices = group.indices("eft")
+        if _is_ids(prompt) or not isinstance(continuation, str):
+            prompts = self._prompts(prompt, indices)
+            if isinstance(continuation, str):  # after token ids: the text tokenized alone
                 continuation = group.ft_model.tokenize(continuation, add_bos=False, special=False)
             return prompts, list(continuation)
-        prompts = self._prompts(prompt, group.indices("eft"))
-        if not isinstance(continuation, str):
-            return prompts, list(continuation)
-        rendered = self._rendered(prompt)["ft"]
-        whole = Rendered(rendered.pieces + ((continuation, False),))
+        self._check_open()
+        rendered = self._rendered(prompt)
+        prompts = self._tokenized(rendered, indices)
+        whole = Rendered(rendered["ft"].pieces + ((continuation, False),))
         ft_prompt = prompts[group.drafter]
         ft_whole = tokenize_prompt(group.ft_model, whole)
         keep = common_prefix(ft_prompt, ft_whole)

@@ -253,16 +253,11 @@ class Ensemble:
         return Combiner(self.n_vocab, 0, [], max_rows=rows, never=self.vocab.unused)
 
     # --- moves -----------------------------------------------------------------------------
-    def prefill(self, prompts: dict[int, list[int]]) -> int:
+    def prefill(self, prompts: dict[int, list[int]]) -> None:
         """Bring each context to its token list (logits of the last position ready), decoding
-        only what its KV cache lacks; returns the number of tokens decoded."""
-        evaluated = 0
+        only what its KV cache lacks (`Context.n_evaluated` counts what was decoded)."""
         for i, toks in prompts.items():
-            ctx = self.roles[i].ctx
-            before = ctx.n_evaluated
-            ctx.sync_decode(toks, 1)
-            evaluated += ctx.n_evaluated - before
-        return evaluated
+            self.roles[i].ctx.sync_decode(toks, 1)
 
     def rows(self, indices: Sequence[int], n: int = 1) -> list[np.ndarray]:
         """The last decode's logits rows per context (float32 views; on a GPU this waits for
