@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .backend import MAX_OUTPUTS, Model
+from .eft import log_softmax
 from .ensemble import Ensemble
 from .errors import InvalidParameterError, LocaleftError
 
@@ -125,11 +126,11 @@ def token_texts(model: Model, ids: Sequence[int]) -> list[str]:
     return out
 
 
-def _log_softmax(rows: np.ndarray) -> np.ndarray:
-    """Float64 log-softmax over the last axis (-inf stays -inf)."""
-    x = np.asarray(rows, dtype=np.float64)
-    top = x.max(axis=-1, keepdims=True)
-    return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+def _best(row: np.ndarray, k: int) -> np.ndarray:
+    """The ids of a row's k highest values, highest first (ties by id)."""
+    k = min(k, row.size - 1)
+    head = np.argpartition(row, -k)[-k:]
+    return head[np.argsort(-row[head], kind="stable")]
 
 
 # --- records for generated tokens -------------------------------------------------------------
@@ -158,10 +159,10 @@ class Recorder:
         lse = self._logsumexp(combined)
         top = []
         if self.top_n:
-            k = min(self.top_n, combined.size - 1)
-            head = np.argpartition(combined, -k)[-k:]
-            head = head[np.argsort(-combined[head], kind="stable")]
-            top = [(int(i), self._text(int(i)), float(combined[i]) - lse) for i in head]
+            top = [
+                (int(i), self._text(int(i)), float(combined[i]) - lse)
+                for i in _best(combined, self.top_n)
+            ]
         models = {
             self.labels[i]: float(row[token]) - self._logsumexp(row) for i, row in rows.items()
         }
@@ -268,22 +269,19 @@ def _collect(rows, target, combiners, beta, per_model, eft, ranks, top, alternat
     likely (id, EFT log-prob) to `alternatives`."""
     at = np.arange(target.size)
     for i, r in rows.items():
-        per_model[i].append(_log_softmax(r)[at, target])
+        per_model[i].append(log_softmax(r)[at, target])
     order = [rows[i] for i in sorted(rows)]
     tops: list[int] = []
     for b, comb in combiners.items():
-        lp = _log_softmax(comb.combine(order))
+        lp = log_softmax(comb.combine(order))
         chosen = lp[at, target]
         eft[b].append(chosen)
         if b == beta:
             ranks.extend((np.count_nonzero(lp > chosen[:, None], axis=1) + 1).tolist())
             tops = np.argmax(lp, axis=1).tolist()
             if top:
-                k = min(top, lp.shape[1] - 1)
-                head = np.argpartition(lp, -k, axis=1)[:, -k:]
-                for row, ids in zip(lp, head):
-                    ids = ids[np.argsort(-row[ids], kind="stable")]
-                    alternatives.append([(int(i), float(row[i])) for i in ids])
+                for row in lp:
+                    alternatives.append([(int(i), float(row[i])) for i in _best(row, top)])
     return tops
 
 
