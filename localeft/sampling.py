@@ -341,15 +341,11 @@ class Sampler:
             return Dist(None, buf / buf.sum(dtype=np.float64))  # a copy: Dists outlive the call
         if top_k and p.top_k <= self.SMALL:
             ids = self._top_ids(logits, top, p.top_k)
-            return self._finish(logits, ids, top, inv_t, ranked=True)
+            return self._finish(logits, ids, top, inv_t)
         if not top_k and p.top_p < 1:
             fast = self._nucleus_from_head(logits, top, inv_t)
             if fast is not None:
-                ids, w = fast
-                if p.min_p > 0:
-                    keep = w >= p.min_p * w[0]
-                    ids, w = ids[keep], w[keep]
-                return Dist(ids, w / w.sum())
+                return self._fast_dist(*fast)
         # Large sets: thresholds over the whole row, never a sort of it; a dense result.
         w = self._weights(logits, top, inv_t)
         if top_k:
@@ -369,12 +365,12 @@ class Sampler:
         probs /= probs.sum()
         return Dist(None, probs)
 
-    def _finish(self, logits, ids, top, inv_t, ranked: bool) -> Dist:
-        """Top-p (on a listed set in rank order) and min-p; float64 probabilities."""
+    def _finish(self, logits, ids, top, inv_t) -> Dist:
+        """Top-p and min-p on a listed set in rank order; float64 probabilities."""
         p = self.params
         z = logits[ids].astype(np.float64)
         w = np.exp((z - top) * inv_t)
-        if ranked and p.top_p < 1:
+        if p.top_p < 1:
             cum = np.cumsum(w) / w.sum()
             cut = int(np.searchsorted(cum, p.top_p, side="left")) + 1
             ids, w = ids[:cut], w[:cut]
