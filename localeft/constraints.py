@@ -38,7 +38,8 @@ class Penalties:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     @classmethod
-    def checked(cls, n_vocab: int, **kw) -> Penalties:
+    def checked(cls, n_vocab: int | None, **kw) -> Penalties:
+        """Validated settings; logit_bias ids below n_vocab (None: checked later, `within`)."""
         repeat = validate.number("repeat_penalty", kw.get("repeat_penalty", 1.0), 0.0, 1e6)
         if repeat <= 0:
             raise InvalidParameterError(f"repeat_penalty must be > 0, got {repeat!r}")
@@ -56,12 +57,20 @@ class Penalties:
                 tok = int(key) if isinstance(key, str) else key
             except ValueError:
                 raise InvalidParameterError(f"logit_bias key {key!r} is not a token id") from None
-            tok = validate.integer("logit_bias token id", tok, 0, n_vocab - 1)
+            tok = validate.integer(
+                "logit_bias token id", tok, 0, None if n_vocab is None else n_vocab - 1
+            )
             if isinstance(value, (int, float)) and value == -math.inf:
                 checked[tok] = -math.inf
             else:
                 checked[tok] = validate.number(f"logit_bias[{tok}]", value, -1e6, 1e6)
         return cls(repeat, last_n, presence, frequency, checked)
+
+    def within(self, n_vocab: int) -> Penalties:
+        """These settings, if every logit_bias id is below n_vocab."""
+        for tok in self.logit_bias:
+            validate.integer("logit_bias token id", tok, 0, n_vocab - 1)
+        return self
 
     @property
     def active(self) -> bool:

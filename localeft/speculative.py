@@ -20,10 +20,11 @@ from .backend import MAX_OUTPUTS
 from .decoding import Decoder
 from .constraints import GrammarDeadEnd
 from .errors import ContextOverflowError
+from .request import MAX_DRAFT
 from .sampling import Dist
 
 K_START, K_MAX = 4, 12
-MAX_DRAFT = MAX_OUTPUTS - 1  # verification asks for k + 1 logits rows in one decode
+assert MAX_DRAFT == MAX_OUTPUTS - 1  # verification asks for k + 1 logits rows in one decode
 
 
 def use_speculative(requested: bool | None, gpu_offload: bool, draft_tokens: int | None) -> bool:

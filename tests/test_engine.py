@@ -74,10 +74,10 @@ def test_chat_uses_the_fine_tuned_template_for_every_role(em):
         "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    prompts = em._prompts(msgs, [0, 1, 2])
+    prompts = list(em.prompt_tokens(msgs).values())
     ft = em.models["ft"].tokenize(text, add_bos=False)
     assert prompts[1][-len(ft) :] == ft and em.models["ft"].detokenize(prompts[0]).endswith("")
-    assert len(set(map(tuple, prompts.values()))) == 1  # same templated text for base and ref
+    assert len(set(map(tuple, prompts))) == 1  # same templated text for base and ref
     g = em.chat(msgs, max_tokens=8)
     assert g.stats.prompt_tokens == len(prompts[0]) and len(g.tokens) <= 8
 
@@ -85,7 +85,7 @@ def test_chat_uses_the_fine_tuned_template_for_every_role(em):
 def test_chat_transcript_rendering_for_base_models(make_em):
     em = make_em(base_prompt="transcript")
     msgs = [{"role": "user", "content": "hello"}]
-    prompts = em._prompts(msgs, [0, 1, 2])
+    prompts = list(em.prompt_tokens(msgs).values())
     assert em.models["base"].detokenize(prompts[0]).strip() == render_transcript(msgs).strip()
     assert "<|im_start|>" not in render_transcript(msgs) and prompts[0] != prompts[1]
     assert em.chat(msgs, max_tokens=5).finish_reason in ("length", "eog")

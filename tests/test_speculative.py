@@ -132,7 +132,7 @@ def test_speculative_with_different_prompt_lengths_per_role(make_em):
     prompt length and positions, and rollback must keep each consistent."""
     em = make_em(base_prompt="transcript")
     msgs = [{"role": "user", "content": "hello, the cat is a dog"}]
-    prompts = em._prompts(msgs, [0, 1, 2])
+    prompts = list(em.prompt_tokens(msgs).values())
     assert len(prompts[0]) != len(prompts[1])
     for k in (2, 5):
         plain = em.chat(msgs, max_tokens=30, speculative=False)

@@ -5,7 +5,7 @@ Needs the `server` extra (Starlette, uvicorn): `pip install 'localeft[server]'`.
 | module | one job |
 |---|---|
 | `app.py` | the ASGI app: routes, auth, body limit, errors; one handler per endpoint |
-| `params.py` | OpenAI request bodies -> Emulator arguments |
+| `params.py` | OpenAI field names -> `request.Request`s (request.build validates them) |
 | `worker.py` | one request at a time in one thread, a bounded FIFO line, cancellation |
 | `jobs.py` | what the worker runs: Emulator calls -> events |
 | `shapes.py` | OpenAI's response shapes (and the `localeft` extension) |

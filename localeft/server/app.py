@@ -1,12 +1,13 @@
 """The ASGI app: OpenAI's endpoints and the chat page over one Emulator.
 
-request ─▶ auth, body limit, JSON ─▶ params (Emulator arguments; bad ones: 400 at once)
+request ─▶ auth, body limit, JSON ─▶ params (request.Request; bad ones: 400 at once)
         ─▶ worker line (one at a time; full: 503) ─▶ jobs (Emulator calls → events)
         ─▶ shapes (OpenAI JSON) ─▶ one response, or SSE chunks as tokens come
 
-Settings are checked and the prompt tokenized in the request's coroutine, before it waits its
-turn, so a bad request is answered at once whatever the line holds. A client that goes away is
-noticed while it waits or streams: its ticket is cancelled, freeing the line.
+Settings are checked, and the prompt rendered and tokenized in a thread beside the event loop,
+before the request waits its turn, so a bad request is answered at once whatever the line holds.
+A client that goes away is noticed while it waits or streams: its ticket is cancelled, freeing
+the line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..engine import Emulator
+from ..engine import Emulator, Stream
 from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
 from ..scoring import token_texts
 from . import jobs, params, shapes
@@ -119,6 +120,11 @@ class Server:
             413, f"the request body is over {self.max_body} bytes", code="request_too_large"
         )
 
+    async def bound(self, req) -> Stream:
+        """The request's Stream: its prompt rendered and tokenized off the event loop (a long
+        prompt takes seconds), errors answered at once as 400s."""
+        return await asyncio.to_thread(checked, self.em.stream, req)
+
     def submit(self, work, streams) -> object:
         try:
             return self.worker.submit(work)
@@ -192,7 +198,7 @@ class Server:
     async def chat(self, request: Request) -> Response:
         self.authorize(request)
         req = checked(params.chat, await self.body(request), self.em.n_ctx)
-        stream = checked(self.em.stream, req.prompts[0], **req.settings)
+        stream = await self.bound(req.requests[0])
         top = req.top_logprobs
         work = jobs.run(self.em, req.prompts, [stream], records=top is not None)
         ticket = self.submit(work, [stream])
@@ -217,7 +223,7 @@ class Server:
         ext = shapes.extension(g, records if top is not None else None, beta=self._beta(req))
         return JSONResponse(shapes.chat_completion(rid, self.model, g, logprobs, ext))
 
-    async def _chat_chunks(self, ticket, rid: str, req: params.Request):
+    async def _chat_chunks(self, ticket, rid: str, req: params.ApiRequest):
         top = req.top_logprobs
         yield shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""})
         while True:
@@ -256,8 +262,8 @@ class Server:
         req = checked(params.completion, await self.body(request), self.em.n_ctx)
         streams = []
         try:
-            for p in req.prompts:
-                s = checked(self.em.stream, p, **req.settings)
+            for r in req.requests:
+                s = await self.bound(r)
                 if req.max_tokens == 0:  # echo only: the settings were checked, nothing runs
                     s.close()
                     s = None
@@ -275,7 +281,7 @@ class Server:
             echo_top=top,
             echo_all=req.echo,
             records=top is not None,
-            beta=req.settings.get("beta"),
+            beta=req.requests[0].beta,
         )
         ticket = self.submit(work, streams)
         rid = shapes.new_id("cmpl")
@@ -317,7 +323,7 @@ class Server:
         ext = {"beta": self._beta(req)}
         return JSONResponse(shapes.completion(rid, self.model, choices, u, ext))
 
-    async def _completion_chunks(self, ticket, rid: str, req: params.Request):
+    async def _completion_chunks(self, ticket, rid: str, req: params.ApiRequest):
         top = req.top_logprobs
         offset = len(self._prompt_text(req.prompts[0])) if top is not None else 0
         while True:
@@ -353,8 +359,8 @@ class Server:
             return prompt
         return "".join(token_texts(jobs.text_model(self.em), prompt))
 
-    def _beta(self, req: params.Request) -> float:
-        beta = req.settings.get("beta")
+    def _beta(self, req: params.ApiRequest) -> float:
+        beta = req.requests[0].beta
         return float(self.em.beta if beta is None else beta)
 
     @staticmethod

@@ -1,11 +1,11 @@
-"""OpenAI request bodies -> Emulator calls: which prompts, which keyword arguments, and what the
-response must carry (stream, usage, logprobs, echo).
+"""OpenAI request bodies -> `request.Request`s (one per prompt), and what the response must
+carry (stream, usage, logprobs, echo).
 
-Values are passed to the Emulator as they came, so a bad one fails with the Emulator's own
-`InvalidParameterError` message (the same one the Python API gives); this module only checks
-what is the API's alone (shapes, `n`, `echo`, `logprobs` forms) and fills OpenAI's defaults
-(temperature 1). Unknown fields are ignored, as OpenAI-compatible servers do; fields that
-would change the output but cannot be honoured (`n` > 1, `suffix`) are errors.
+This module only maps OpenAI's field names onto `request.build`'s settings, which validates
+them as it does for the Python API and the CLI (one message per setting); it checks what is the
+API's alone (shapes, `n`, `echo`, `logprobs` forms) and fills OpenAI's defaults (temperature 1).
+Unknown fields are ignored, as OpenAI-compatible servers do; fields that would change the output
+but cannot be honoured (`n` > 1, `suffix`) are errors.
 
 Penalties and `logit_bias` take llama.cpp's semantics (as llama-server does: the penalties look
 back `repeat_last_n` tokens, prompt included); `response_format` (json_object / json_schema),
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import validate
-from ..engine import MAX_TOP_LOGPROBS
+from .. import request, validate
 from ..errors import InvalidParameterError
 from ..grammar import any_json_object
-from ..terminal import MODES  # API name -> engine mode: eft, large -> base, small -> ft
+from ..request import MAX_TOP_LOGPROBS
+
+MODES = {"eft": "eft", "large": "base", "small": "ft"}  # API name -> engine mode (as the CLI's)
 
 # Settings the Emulator checks itself, by the name its messages use (the same as the API's).
 ENGINE_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "beta")
@@ -28,12 +29,12 @@ ENGINE_FIELDS += ("speculative", "draft_tokens", "logprobs", "prompt", "messages
 
 
 @dataclass
-class Request:
+class ApiRequest:
     """One validated API request."""
 
     chat: bool
     prompts: list  # chat: one list of messages; completions: strings or token-id lists
-    settings: dict  # Emulator.stream keyword arguments
+    requests: list[request.Request]  # one per prompt (echo-only prompts: checked, not run)
     stream: bool = False
     include_usage: bool = False
     top_logprobs: int | None = None  # None: no logprobs asked
@@ -137,7 +138,7 @@ def _stream(body: dict) -> tuple[bool, bool]:
     return stream, usage
 
 
-def chat(body: dict, n_ctx: int) -> Request:
+def chat(body: dict, n_ctx: int) -> ApiRequest:
     """A /v1/chat/completions body."""
     _unsupported(body)
     messages = _get(body, "messages")
@@ -154,7 +155,8 @@ def chat(body: dict, n_ctx: int) -> Request:
     settings = _settings(body, max_tokens, n_ctx)
     if top is not None:
         settings["logprobs"] = top
-    return Request(True, [messages], settings, stream, usage, top, max_tokens=max_tokens)
+    req = request.build(messages, **settings)
+    return ApiRequest(True, [messages], [req], stream, usage, top, max_tokens=max_tokens)
 
 
 def _prompts(prompt) -> list:
@@ -178,7 +180,7 @@ def _prompts(prompt) -> list:
     )
 
 
-def completion(body: dict, n_ctx: int) -> Request:
+def completion(body: dict, n_ctx: int) -> ApiRequest:
     """A /v1/completions body. `echo` with `max_tokens: 0` scores the prompt's own tokens."""
     _unsupported(body)
     prompts = _prompts(_get(body, "prompt"))
@@ -203,4 +205,5 @@ def completion(body: dict, n_ctx: int) -> Request:
             "echo with logprobs scores the prompt under EFT only (beta 0 is the large base "
             "alone): mode must be eft"
         )
-    return Request(False, prompts, settings, stream, usage, top, echo, max_tokens)
+    reqs = [request.build(p, **settings) for p in prompts]
+    return ApiRequest(False, prompts, reqs, stream, usage, top, echo, max_tokens)
