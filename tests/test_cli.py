@@ -21,7 +21,7 @@ from clitools import ctrl_c_at_token, FAST, assert_one_line_error, invoke, trio
 from hubcache import isolate, put_in_cache
 
 from localeft import Emulator
-from localeft import cli as cli_module
+from localeft.commands import options as cli_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
