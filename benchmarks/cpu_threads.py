@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp  # noqa: F401
 
-from localeft.backend import Model, default_threads
+from localeft.backend import Model
+from localeft.native import default_threads
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from trioargs import trio_parser  # noqa: E402
 
 from localeft import Emulator, rpc
-from localeft.backend import default_threads
+from localeft.native import default_threads
 from localeft.bench import PROMPT
 
 LONG_PROMPT = "def fibonacci(n):\n    " * 60  # ~300 tokens

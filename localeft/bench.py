@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from .backend import default_threads, supports_gpu_offload
+from .native import default_threads, supports_gpu_offload
 from .eft import Combiner, Term
 from .engine import Emulator
 from .sampling import Sampler, SamplingParams

@@ -25,10 +25,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import rpc
-from .backend import Context, Model, available_memory, check_gguf_file, default_threads
+from . import placement, rpc, validate
+from .backend import Context, Model, check_gguf_file
+from .native import available_memory, default_threads
 from .eft import Combiner, Term
-from .errors import InsufficientMemoryError, LocaleftWarning
+from .errors import InsufficientMemoryError, InvalidParameterError, LocaleftWarning
 from .vocab import check_vocabularies
 
 
@@ -55,6 +56,39 @@ class Expert:
     weight: float = 1.0
 
 
+def checked_models(large_base, small_ft, small_base, base, experts) -> tuple:
+    """(base, [Expert]) from either the up-scaling trio or base + experts, checked."""
+    trio = (large_base, small_ft, small_base)
+    if any(x is not None for x in trio):
+        if base is not None or experts:
+            raise InvalidParameterError(
+                "give either large_base/small_ft/small_base or base/experts"
+            )
+        if any(x is None for x in trio):
+            raise InvalidParameterError("up-scaling needs large_base, small_ft and small_base")
+        for name, value in zip(("large_base", "small_ft", "small_base"), trio):
+            validate.path(name, value)
+        base, experts = large_base, [Expert(ft=small_ft, ref=small_base)]
+    if base is None or not experts:
+        raise InvalidParameterError("an Emulator needs a base model and at least one expert")
+    validate.path("base", base)
+    if isinstance(experts, (str, bytes, Expert)) or not isinstance(experts, Sequence):
+        raise InvalidParameterError("experts must be a list of Expert(ft, ref, weight)")
+    return base, [_expert(e, i) for i, e in enumerate(experts)]
+
+
+def _expert(e, i: int) -> Expert:
+    if not isinstance(e, Expert):
+        raise InvalidParameterError(
+            f"experts[{i}] must be an Expert(ft=..., ref=..., weight=...), got {e!r}"
+        )
+    return Expert(
+        validate.path(f"experts[{i}].ft", e.ft),
+        validate.path(f"experts[{i}].ref", e.ref),
+        validate.weight(f"experts[{i}].weight", e.weight),
+    )
+
+
 PROBE = ("overlap", "sequential", "sequential", "overlap") * 2  # the first 8 EFT steps
 
 
@@ -78,7 +112,7 @@ class Ensemble:
         n_threads: int | None = None,
         overlap: bool | None = None,
         repack: bool = True,
-        remote: rpc.Remote | None = None,
+        remote: placement.Remote | None = None,
     ):
         """`remote`: the base model's layers go to these RPC servers (the others stay here)."""
         self.lock = threading.RLock()  # llama.cpp contexts are not thread-safe
@@ -89,7 +123,7 @@ class Ensemble:
         self._pool: ThreadPoolExecutor | None = None
         self.placement: list[dict] = []  # where the base model's layers are, when remote
         self.devices: list[rpc.Device] = []  # the RPC servers' devices it uses
-        self.plan: rpc.Plan | None = None
+        self.plan: placement.Plan | None = None
         try:
             self._load(
                 base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
@@ -133,7 +167,7 @@ class Ensemble:
                     repack=repack,
                     watchdog=watchdog,
                 )
-                self.placement = _placement(plan, devices, self.models[p].load_log)
+                self.placement = placement.placement_rows(plan, devices, self.models[p].load_log)
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
@@ -205,8 +239,8 @@ class Ensemble:
         if devices:
             size, n_kv = base_path.stat().st_size, contexts.count(base_path)
             per_layer = size / (n_layer + 1) + n_kv * kv_per_file[base_path] / max(n_layer, 1)
-            plan = rpc.plan(n_layer, devices, split, per_layer)
-            _check_remote_memory(plan, devices, per_layer)
+            plan = placement.plan(n_layer, devices, split, per_layer)
+            placement.check_remote_memory(plan, devices, per_layer)
             # The input embedding always stays here: about one layer's worth.
             here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2)
             kv_per_file[base_path] = (
@@ -366,38 +400,6 @@ class Ensemble:
             r.ctx.close()
         for m in self.models.values():
             m.close()
-
-
-def _check_remote_memory(plan: rpc.Plan, devices: list[rpc.Device], per_layer: float) -> None:
-    where = plan.layers()
-    for i, d in enumerate(devices):
-        need = where.count(i) * per_layer
-        if d.free and need > d.free:
-            gib = 2**30
-            raise InsufficientMemoryError(
-                f"RPC server {d.label} has {d.free / gib:.1f} GiB free but its "
-                f"{where.count(i)} layers of the large base need about {need / gib:.1f} GiB; "
-                "give it a smaller share (--rpc-split) or add servers"
-            )
-
-
-def _placement(plan: rpc.Plan, devices: list[rpc.Device], log) -> list[dict]:
-    """Where the base model's layers went, JSON-ready, as llama.cpp's load log says (the plan's
-    rule where the log is silent): per place ("local", then each server) its layers and the MiB
-    of weights llama.cpp allocated there."""
-    where = plan.layers()
-    if len(log.layers) == len(where):
-        index = {d.name: i for i, d in enumerate(devices)}
-        where = [index.get(log.layers[il], -1) for il in range(len(where))]
-    rows = rpc.describe(where, devices)
-    remote = {d.label: d.buffer for d in devices}
-    for row in rows:
-        if row["device"] == "local":
-            mib = sum(v for k, v in log.buffers.items() if k not in remote.values())
-        else:
-            mib = log.buffers.get(remote[row["device"]], 0.0)
-        row["weights_mib"] = round(mib, 1)
-    return rows
 
 
 def _threads(requested: int | None) -> int:

@@ -14,7 +14,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from .backend import Model, captured_stderr, last_llama_error, llama_log_tail_clear
+from .backend import Model
+from .native import captured_stderr, last_llama_error, llama_log_tail_clear
 from .errors import InvalidParameterError
 
 _TOKEN = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import os
 import re
-import signal
 import socket
 import struct
 import sys
@@ -33,7 +31,6 @@ from typing import Callable, Iterator, NoReturn, Sequence
 import llama_cpp
 from llama_cpp._ctypes_extensions import load_shared_library
 
-from . import validate
 from .errors import InvalidParameterError, RpcError
 
 DEFAULT_PORT = 50052
@@ -278,135 +275,6 @@ def connect(endpoint: str) -> list[Device]:
     return devices
 
 
-# --- where the layers go -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Remote:
-    """Where a model's layers go: RPC servers ("host:port"), an optional split (one weight per
-    server, then optionally one for this machine; None: all remote, by free memory) and the
-    bound on one remote call."""
-
-    endpoints: tuple[str, ...]
-    split: tuple[float, ...] | None = None
-    timeout: float = DEFAULT_TIMEOUT
-
-    def connect(self) -> list[Device]:
-        """Check every server with a short handshake first (a one-line error, not llama.cpp's
-        abort), then register them all."""
-        for e in self.endpoints:
-            probe(e)
-        return [d for e in self.endpoints for d in connect(e)]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A layer placement in llama.cpp's terms: the first `local_layers` of the n_layer + 1
-    (blocks, then the output layer) stay on this machine, the rest are split over the devices in
-    proportion to `weights` (llama.cpp: n_gpu_layers and tensor_split)."""
-
-    n_layer: int  # transformer blocks
-    local_layers: int
-    weights: tuple[float, ...]  # per device
-
-    @property
-    def n_gpu_layers(self) -> int:
-        return self.n_layer + 1 - self.local_layers
-
-    def layers(self) -> list[int]:
-        """Per layer 0..n_layer (n_layer: the output layer), the device index, -1 for local:
-        llama.cpp's own rule (llama_model_base::load_tensors)."""
-        total = sum(self.weights)
-        bounds, acc = [], 0.0
-        for w in self.weights:
-            acc += w
-            bounds.append(acc / total)
-        start, n = self.local_layers, self.n_gpu_layers
-        out = []
-        for il in range(self.n_layer + 1):
-            if il < start or n <= 0:
-                out.append(-1)
-            else:
-                x = (il - start) / n  # std::upper_bound over the cumulative splits
-                out.append(next((i for i, b in enumerate(bounds) if x < b), len(bounds) - 1))
-        return out
-
-
-def plan(
-    n_layer: int,
-    devices: Sequence[Device],
-    split: Sequence[float] | None,
-    layer_bytes: float,
-) -> Plan:
-    """Where the layers go. `split`: one weight per endpoint (shared evenly by its devices),
-    optionally one more for this machine; None: every layer remote, in proportion to each
-    device's free memory (llama.cpp's default), except what does not fit there, which stays
-    here (`layer_bytes`: the estimated size of one layer with its KV cache)."""
-    total_layers = n_layer + 1
-    eps = sorted({d.endpoint for d in devices}, key=[d.endpoint for d in devices].index)
-    if split is None:
-        weights = [float(d.free) for d in devices]
-        fit = sum(int(0.9 * d.free // layer_bytes) for d in devices) if layer_bytes else 1 << 30
-        local = max(0, total_layers - fit)
-        if local == total_layers:
-            raise RpcError(
-                "the RPC servers have "
-                + ", ".join(f"{d.label} {d.free / 2**30:.1f} GiB" for d in devices)
-                + " free: not enough for one layer of the large base"
-            )
-        if all(w == 0 for w in weights):
-            weights = [1.0] * len(devices)
-        return Plan(n_layer, local, tuple(weights))
-    share = dict(zip(eps, split))
-    per_ep = {e: sum(d.endpoint == e for d in devices) for e in eps}
-    weights = tuple(share[d.endpoint] / per_ep[d.endpoint] for d in devices)
-    here = split[len(eps)] if len(split) > len(eps) else 0.0
-    local = round(total_layers * here / sum(split))
-    return Plan(n_layer, min(local, total_layers - 1), weights)
-
-
-def check_split(split: Sequence[float], n_servers: int) -> tuple[float, ...]:
-    """rpc_split: one weight >= 0 per server, then optionally one for this machine."""
-    if isinstance(split, (str, bytes)) or not isinstance(split, Sequence):
-        raise InvalidParameterError(f"rpc_split must be a list of numbers, got {split!r}")
-    out = [validate.number("rpc_split weight", w, 0.0) for w in split]
-    if len(out) not in (n_servers, n_servers + 1):
-        raise InvalidParameterError(
-            f"rpc_split needs {n_servers} weight{'s' * (n_servers != 1)} (one per RPC server) or "
-            f"{n_servers + 1} (one more for this machine), got {len(out)}"
-        )
-    if sum(out[:n_servers]) <= 0:
-        raise InvalidParameterError("rpc_split must give some RPC server a share")
-    return tuple(out)
-
-
-def describe(where: Sequence[int], devices: Sequence[Device]) -> list[dict]:
-    """JSON-ready placement from the device index of each layer (-1: here; the last one is
-    the output layer): per place (this machine, then each device), its layers as "a-b" ranges
-    and how many blocks."""
-    n_layer = len(where) - 1
-    rows = []
-    for i, name in [(-1, "local")] + [(i, d.label) for i, d in enumerate(devices)]:
-        mine = [il for il, d in enumerate(where) if d == i]
-        blocks = [il for il in mine if il < n_layer]
-        text = _ranges(blocks)
-        if n_layer in mine:
-            text = f"{text}+output" if text else "output"
-        if i == -1:
-            text = f"input+{text}" if text else "input"
-        rows.append({"device": name, "layers": text, "n_layers": len(blocks)})
-    return rows
-
-
-def _ranges(ids: list[int]) -> str:
-    out, i = [], 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 # --- faults --------------------------------------------------------------------------------------
 _fault_notes: list[Callable[[], str | None]] = []
 _known: list[str] = []
@@ -541,68 +409,3 @@ class Watchdog:
             f"no answer from RPC server {', '.join(self.endpoints)} in time (--rpc-timeout "
             f"{self.timeout:g} s): hung, or the network is down; the process ends"
         )
-
-
-# --- the server ----------------------------------------------------------------------------------
-def serving_devices() -> list[int]:
-    """What an rpc-server lends: the accelerators (GPUs) if any, else the CPU (as llama.cpp's
-    own rpc-server chooses)."""
-    g = ggml()
-    devs = g.devices()
-    gpus = [d for d in devs if g.dev_type(d) not in (CPU, ACCEL)]
-    return gpus or [d for d in devs if g.dev_type(d) == CPU][:1]
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(host: str, port: int, threads: int, cache: str | None) -> str:
-    """Serve this machine's backend on host:port until SIGINT or SIGTERM; returns why it
-    stopped ("signal" or llama.cpp's failure). llama.cpp's blocking server runs in a daemon
-    thread (a ctypes call never sees Python's signal handlers); the main thread waits."""
-    start = _declare(
-        _rpc(),
-        "ggml_backend_rpc_start_server",
-        None,
-        ctypes.c_char_p,
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_size_t,
-        ctypes.POINTER(ctypes.c_void_p),
-    )
-    devs = serving_devices()
-    array = (ctypes.c_void_p * len(devs))(*devs)
-    stop = threading.Event()
-    why = ["signal"]
-
-    def run() -> None:
-        where = f"{host}:{port}".encode()
-        start(where, cache.encode() if cache else None, threads, len(devs), array)
-        why[0] = "llama.cpp's server stopped (see its message above)"
-        stop.set()
-
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        threading.Thread(target=run, name="rpc-server", daemon=True).start()
-        while not stop.wait(1.0):
-            pass
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    return why[0]
-
-
-def describe_devices(devs: Sequence[int]) -> list[str]:
-    g = ggml()
-    out = []
-    for d in devs:
-        free, total = g.memory(d)
-        out.append(
-            f"{g.dev_name(d).decode()} ({g.dev_description(d).decode()}, "
-            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
-        )
-    return out

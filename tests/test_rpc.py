@@ -22,8 +22,9 @@ from click.testing import CliRunner
 from hubcache import isolate
 
 from localeft import Emulator, InvalidParameterError, LocaleftError
-from localeft import rpc
-from localeft.backend import Model, supports_gpu_offload
+from localeft import placement, rpc
+from localeft.backend import Model
+from localeft.native import supports_gpu_offload
 from localeft.cli import cli
 from localeft.errors import InsufficientMemoryError, RpcError
 
@@ -374,20 +375,20 @@ def _dev(i: int, endpoint: str, free: int = 8 << 30) -> rpc.Device:
 
 def test_plan_follows_llama_cpp_rule():
     a, b = _dev(0, "a:1"), _dev(1, "b:1")
-    p = rpc.plan(4, [a, b], None, layer_bytes=1 << 20)
+    p = placement.plan(4, [a, b], None, layer_bytes=1 << 20)
     assert p.local_layers == 0 and p.n_gpu_layers == 5 and p.layers() == [0, 0, 0, 1, 1]
-    p = rpc.plan(4, [a, b], (1, 3), layer_bytes=1 << 20)
+    p = placement.plan(4, [a, b], (1, 3), layer_bytes=1 << 20)
     assert p.layers() == [0, 0, 1, 1, 1]
-    p = rpc.plan(28, [a, b], (1, 1, 2), layer_bytes=1 << 20)
+    p = placement.plan(28, [a, b], (1, 1, 2), layer_bytes=1 << 20)
     assert p.local_layers == 14 and p.layers()[:14] == [-1] * 14
     assert p.layers()[14:] == [0] * 8 + [1] * 7
     # default: what does not fit on the servers stays here
     small = [_dev(0, "a:1", 3 << 20), _dev(1, "b:1", 3 << 20)]
-    p = rpc.plan(8, small, None, layer_bytes=1 << 20)
+    p = placement.plan(8, small, None, layer_bytes=1 << 20)
     assert p.local_layers == 5 and p.layers() == [-1] * 5 + [0, 0, 1, 1]
     with pytest.raises(RpcError, match="not enough for one layer"):
-        rpc.plan(8, [_dev(0, "a:1", 1 << 19)], None, layer_bytes=1 << 20)
-    rows = rpc.describe([-1, 0, 0, 1, 1], [a, b])
+        placement.plan(8, [_dev(0, "a:1", 1 << 19)], None, layer_bytes=1 << 20)
+    rows = placement.describe([-1, 0, 0, 1, 1], [a, b])
     assert [r["layers"] for r in rows] == ["input+0", "1-2", "3+output"]
 
 
