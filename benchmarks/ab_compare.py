@@ -51,10 +51,17 @@ def main() -> None:
     ap.add_argument("-n", "--tokens", type=int, default=48)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument(
+        "--layout",
+        choices=["measured", "overlap", "sequential"],
+        default="measured",
+        help="force one CPU layout on both engines (default: each measures its own)",
+    )
     a = ap.parse_args()
     other = import_as(a.other, "localeft_other")
     trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
-    common = dict(n_ctx=2048, n_threads=a.threads)
+    overlap = {"measured": None, "overlap": True, "sequential": False}[a.layout]
+    common = dict(n_ctx=2048, n_threads=a.threads, overlap=overlap)
     engines = {"this": Emulator(**trio, **common), "other": other.Emulator(**trio, **common)}
     threads = a.threads or engines["this"].group.roles[0].ctx.n_threads_batch
     alone = {role: _Alone(p, 2048, threads, 0) for role, p in trio.items()}
@@ -78,8 +85,8 @@ def main() -> None:
     total = sum(med[r] for r in alone)
     for k, v in med.items():
         print(f"{k:<12}{v:8.1f} ms/token")
-    for k in engines:
-        print(f"{k}: EFT / sum of the models alone = {med[k] / total:.3f}")
+    for k, em in engines.items():
+        print(f"{k}: EFT / sum of the models alone = {med[k] / total:.3f} ({em.group.layout})")
     print(f"this / other = {med['this'] / med['other']:.3f}")
 
 
