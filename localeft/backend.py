@@ -18,7 +18,9 @@ from typing import Sequence
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
 import numpy as np
 
+from . import layout
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
+from .layout import Call
 from .native import LoadInterrupt, LoadLog, default_threads, init_backend, last_llama_error
 from .native import llama_log_tail_clear, supports_gpu_offload, trim_heap, unguarded
 
@@ -332,7 +334,10 @@ class Context:
         self._pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
         self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
         self.tokens: list[int] = []  # what the KV cache holds, in order
+        self.calls: list[Call] = []  # the llama_decode calls that computed it (layout.py)
         self._n_out = 0  # logits rows available for the last len(tokens) positions
+        self._rows: np.ndarray | None = None  # rows `logits` returns instead of llama.cpp's
+        self._kept: tuple[tuple, np.ndarray] | None = None  # the last prefill's row, by layout
         self.n_evaluated = 0  # tokens decoded over this context's life (for KV-reuse stats)
         self._dirty = False
         self._all = False
@@ -378,38 +383,39 @@ class Context:
 
     def decode(self, tokens: list[int], n_logits: int = 1) -> None:
         """Like eval, without reading the logits (on GPU builds the read waits for the device,
-        so decode every context first and read afterwards)."""
+        so decode every context first and read afterwards). One llama_decode call per
+        n_ubatch tokens, the logits rows in the last."""
         n = len(tokens)
         if n == 0 or not 0 < n_logits <= min(n, self.n_batch, self.max_outputs):
             raise ValueError(f"bad decode: {n} tokens, {n_logits} logits rows")
+        self._check_room(n)
+        last = max((n - 1) % self.n_ubatch + 1, n_logits)
+        bounds = sorted({*range(0, n - last, self.n_ubatch), n - last, n})
+        with self.all_threads() if n > 1 else contextlib.nullcontext():
+            for a, b in zip(bounds, bounds[1:]):
+                self._decode(tokens[a:b], n_logits if b == n else 0)
+
+    def _check_room(self, n: int) -> None:
         if len(self.tokens) + n > self.n_ctx:
             raise ContextOverflowError(
                 f"context full: {len(self.tokens)} + {n} tokens exceed n_ctx={self.n_ctx}"
             )
+
+    def _decode(self, chunk: Sequence[int], n_out: int) -> None:
+        """One llama_decode call after what the cache holds, its last n_out rows' logits
+        asked for; recorded in `calls`."""
         if self._dirty:  # an interrupted decode may have left cells past our token list
             llama_cpp.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
-        # One compute pass (n_ubatch tokens) per llama_decode call, as llama.cpp splits a
-        # batch itself: the same kernels see the same rows, so a prompt's logits equal what
-        # llama.cpp computes for it in one call (decoding the last token in a call of its own
-        # moved the real 1.5B's log-probs by up to 0.4 nats). Ctrl-C lands between passes,
-        # keeping every pass already in the cache. The last chunk holds the logits positions.
-        last = max((n - 1) % self.n_ubatch + 1, n_logits)
-        bounds = [*range(0, n - last, self.n_ubatch), n - last, n]
-        bounds = sorted(set(bounds))
-        with self.all_threads() if n > 1 else contextlib.nullcontext():
-            for a, b in zip(bounds, bounds[1:]):
-                self._decode(tokens[a:b], want_logits=(b == n), n_logits=n_logits)
-
-    def _decode(self, chunk: list[int], *, want_logits: bool, n_logits: int) -> None:
         m = len(chunk)
         p0 = len(self.tokens)
         self._tok[:m] = chunk
         self._pos[:m] = np.arange(p0, p0 + m)
         self._out[:m] = 0
-        if want_logits:
-            self._out[m - n_logits : m] = 1
+        if n_out:
+            self._out[m - n_out : m] = 1
         self._batch.n_tokens = m
         self._n_out = 0
+        self._rows = None
         self._dirty = True
         with self.model.guard():
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
@@ -420,12 +426,17 @@ class Context:
                 raise ContextOverflowError(f"no room in the KV cache (n_ctx={self.n_ctx})")
             raise LocaleftError(f"llama_decode failed with code {rc} on {self.model.path.name}")
         self.tokens.extend(chunk)
+        self.calls.append((p0, tuple(chunk)))
         self.n_evaluated += m
-        self._n_out = n_logits if want_logits else 0
+        self._n_out = n_out
         self._dirty = False
 
     def logits(self, n: int = 1) -> np.ndarray:
         """The last decode's logits rows (float32 view, shape (n, n_vocab))."""
+        if self._rows is not None:  # a prefill's row, kept from before (`bring`)
+            if n > len(self._rows):
+                raise ValueError(f"only {len(self._rows)} logits rows are available, not {n}")
+            return self._rows[len(self._rows) - n :]
         if n > self._n_out:
             raise ValueError(f"only {self._n_out} logits rows are available, not {n}")
         with self.model.guard():  # waits for an asynchronous (GPU, RPC) decode to finish
@@ -433,20 +444,63 @@ class Context:
         rows = np.ctypeslib.as_array(ptr, shape=(self._n_out, self.n_vocab))
         return rows[self._n_out - n :]
 
+    def _has_rows(self, n: int) -> bool:
+        """The last call's logits rows are at hand, asked for as n rows (their values depend
+        on which rows the call asked for)."""
+        return (len(self._rows) if self._rows is not None else self._n_out) == n
+
     def truncate(self, n: int) -> None:
         """Forget every token after the first n (KV cache removal)."""
         if n >= len(self.tokens):
             return
+        self._n_out, self._rows = 0, None
+        while self.calls and self.calls[-1][0] >= n:
+            self.calls.pop()
         if not llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1):
             # Some architectures (recurrent) cannot drop a suffix: rebuild the prefix.
             keep = self.tokens[:n]
             llama_cpp.llama_memory_clear(self._mem, True)
-            self.tokens, self._dirty = [], False
+            self.tokens, self.calls, self._dirty = [], [], False
             if keep:
                 self.eval(keep, 1)
             return
         del self.tokens[n:]
-        self._n_out = 0
+
+    def bring(self, calls: Sequence[Call], n: int, n_logits: int = 1) -> None:
+        """Hold positions [0, n) as computed by exactly these calls (a layout; see layout.py),
+        with the logits of the last n_logits positions: reuse what the cache holds that was
+        computed by the same calls, decode the rest call by call (Ctrl-C lands between calls,
+        keeping each finished one). A prefill's last row is kept aside, so the same prompt
+        asked again needs no decode at all."""
+        m = layout.matched(self.calls, len(self.tokens), calls, n)
+        key = tuple(calls)
+        if m == len(calls):
+            if n_logits == 0 or (self._has_rows(n_logits) and self.calls[-1] == calls[-1]):
+                self.truncate(n)  # (logits rows survive when nothing is dropped)
+                return
+            if n_logits == 1 and self._kept is not None and self._kept[0] == key:
+                self.truncate(n)
+                self._rows = self._kept[1]
+                return
+            m -= 1  # its rows are gone: decode the last call again
+        self.truncate(calls[m][0] if m < len(calls) else n)
+        self._check_room(sum(len(t) for _, t in calls[m:]))
+        with self.all_threads():
+            for i in range(m, len(calls)):
+                last = i == len(calls) - 1
+                self._decode(calls[i][1], n_logits if last else 0)
+        self.truncate(n)
+        if n_logits == 1 and len(self.tokens) == layout.end(calls[-1]):
+            self._kept = (key, self.logits(1).copy())
+
+    def run_call(self, call: Call, n_out: int) -> None:
+        """Decode one call of a layout at its position (dropping what the cache holds from
+        there), its last n_out rows' logits asked for."""
+        start, tokens = call
+        self.truncate(start)
+        self._check_room(len(tokens))
+        with self.all_threads() if len(tokens) > 1 else contextlib.nullcontext():
+            self._decode(tokens, n_out)
 
     def sync(self, tokens: list[int], n_logits: int = 1) -> np.ndarray:
         """Make the cache hold exactly `tokens`, evaluating only what differs from what it holds.
@@ -458,9 +512,10 @@ class Context:
         return self.logits(n_logits)
 
     def sync_decode(self, tokens: list[int], n_logits: int = 1) -> None:
-        """`sync` without reading the logits."""
+        """`sync` without reading the logits. What differs is decoded as it comes (one call per
+        n_ubatch tokens), not in a canonical layout: speculative decoding's blocks."""
         keep = common_prefix(self.tokens, tokens)
-        if keep == len(tokens) == len(self.tokens) and self._n_out >= n_logits:
+        if keep == len(tokens) == len(self.tokens) and self._has_rows(n_logits):
             return
         keep = min(keep, len(tokens) - n_logits)
         self.truncate(keep)

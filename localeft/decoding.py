@@ -17,6 +17,7 @@ import numpy as np
 
 from .constraints import Constraints
 from .ensemble import Ensemble
+from .layout import Span, reply_span
 from .sampling import Sampler
 
 
@@ -93,22 +94,29 @@ class Decoder:
         stats: Stats,
         observe: Observer | None = None,
         constraints: Constraints | None = None,
+        replies: dict[int, Sequence[Span]] | None = None,
     ):
         self.group, self.indices = group, list(indices)
+        self.replies = replies or {}  # each context's reply stretches (layout.py)
         self.beta, self.sampler, self.stats = beta, sampler, stats
         self.observe = observe
         self.constraints = constraints
         stats.model_seconds = {group.roles[i].label: 0.0 for i in self.indices}
 
-    def prefill(self, prompts: dict[int, list[int]]) -> None:
-        """Bring every context of the request to its prompt; claim the group. Interrupted,
-        the stats still count what was evaluated (and the KV caches keep it)."""
+    def prefill(self, prompts: dict[int, list[int]], generated: Sequence[int] = ()) -> None:
+        """Bring every context of the request to its prompt and the tokens generated so far
+        (a reply stretch), in the canonical layout; claim the group. Interrupted, the stats
+        still count what was evaluated (and the KV caches keep it)."""
         t = time.perf_counter()
         ctxs = [self.group.roles[i].ctx for i in prompts]
         before = sum(c.n_evaluated for c in ctxs)
         self.group.owner = self
+        spans = {
+            i: [*self.replies.get(i, ()), reply_span(len(p), len(generated))]
+            for i, p in prompts.items()
+        }
         try:
-            self.group.prefill(prompts)
+            self.group.prefill({i: p + list(generated) for i, p in prompts.items()}, spans)
         finally:
             self.stats.prompt_evaluated += sum(c.n_evaluated for c in ctxs) - before
             self.stats.prompt_seconds += time.perf_counter() - t
@@ -153,4 +161,4 @@ class PlainDecoder(Decoder):
                 with group.alone(solo):
                     group.step(tok, indices, secs)
             else:  # another request used the contexts meanwhile: back to our own tokens
-                self.prefill({i: prompts[i] + generated for i in indices})
+                self.prefill({i: prompts[i] for i in indices}, generated)

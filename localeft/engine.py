@@ -30,7 +30,7 @@ from .grammar import Grammar
 from .prompts import BasePrompt, Message
 from .render import RolePrompts
 from .request import MAX_TOP_LOGPROBS, MODES, Request, build, check_prompt, check_text, is_ids
-from .scoring import Score, score_tokens
+from .scoring import Score, next_token_rows, score_tokens
 from .speculative import use_speculative
 from .vocab import VocabCheck
 
@@ -170,9 +170,7 @@ class Emulator:
             kind, checked = check_prompt(prompt)
             prompts = self.prompts.tokens(kind, checked, group.indices("eft"))
             self.prompts.check_fits(max(len(p) for p in prompts.values()) + len(after))
-            group.owner = None
-            group.prefill({i: toks + after for i, toks in prompts.items()})
-            rows = [r[0] for r in group.rows(prompts)]
+            rows = next_token_rows(group, {i: toks + after for i, toks in prompts.items()})
             return log_softmax(group.combiner(b).combine(rows))
 
     def score(
@@ -258,10 +256,12 @@ class Emulator:
         req.penalties.within(group.n_vocab)
         indices = group.indices(req.mode)
         text_model = group.roles[group.base].model if req.mode == "base" else group.ft_model
+        prompts, replies = self.prompts.with_replies(req.kind, req.prompt, indices)
         return Job(
             request=req,
             indices=indices,
-            prompts=self.prompts.tokens(req.kind, req.prompt, indices),
+            prompts=prompts,
+            replies=replies,
             beta=self.beta if req.beta is None else req.beta,
             speculative=req.mode == "eft"
             and use_speculative(req.speculative, self.gpu_offload, req.draft_tokens),

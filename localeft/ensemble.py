@@ -25,10 +25,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import placement, rpc, validate
+from . import layout, placement, rpc, validate
 from .backend import Context, Model, check_gguf_file
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
+from .layout import Span
 from .errors import InsufficientMemoryError, InvalidParameterError, LocaleftWarning
 from .vocab import check_vocabularies
 
@@ -287,11 +288,17 @@ class Ensemble:
         return Combiner(self.n_vocab, 0, [], max_rows=rows, never=self.vocab.unused)
 
     # --- moves -----------------------------------------------------------------------------
-    def prefill(self, prompts: dict[int, list[int]]) -> None:
-        """Bring each context to its token list (logits of the last position ready), decoding
-        only what its KV cache lacks (`Context.n_evaluated` counts what was decoded)."""
+    def prefill(
+        self, prompts: dict[int, list[int]], replies: dict[int, Sequence[Span]] | None = None
+    ) -> None:
+        """Bring each context to its token list, logits of the last position ready, decoded in
+        the generation layout (layout.plan: prompt stretches in chunks of n_ubatch from their
+        start, `replies[i]` one token per call) and reusing only what the KV cache holds of
+        that layout (`Context.n_evaluated` counts what was decoded)."""
         for i, toks in prompts.items():
-            self.roles[i].ctx.sync_decode(toks, 1)
+            ctx = self.roles[i].ctx
+            spans = replies.get(i, ()) if replies else ()
+            ctx.bring(layout.plan(toks, spans, ctx.n_ubatch), len(toks), 1)
 
     def rows(self, indices: Sequence[int], n: int = 1) -> list[np.ndarray]:
         """The last decode's logits rows per context (float32 views; on a GPU this waits for

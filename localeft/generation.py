@@ -18,6 +18,7 @@ from .decoding import PlainDecoder, Stats
 from .ensemble import Ensemble
 from .errors import ContextOverflowError
 from .grammar import Grammar
+from .layout import Span
 from .request import Request
 from .sampling import Sampler
 from .scoring import Recorder, TokenInfo
@@ -62,6 +63,7 @@ class Job:
     request: Request
     indices: list[int]  # the contexts this mode runs
     prompts: dict[int, list[int]]  # each one's prompt tokens
+    replies: dict[int, list[Span]]  # each one's reply stretches (assistant messages; layout.py)
     beta: float
     speculative: bool
     grammar: Grammar | None
@@ -85,7 +87,7 @@ def _decoder(group: Ensemble, job: Job, stats: Stats, observe: Recorder | None):
         constraints = Constraints(
             req.penalties, list(job.prompts[text_context]), job.grammar, group.n_ctx
         )
-    args = (group, job.indices, job.beta, sampler, stats, observe, constraints)
+    args = (group, job.indices, job.beta, sampler, stats, observe, constraints, job.replies)
     if job.speculative:
         return SpeculativeDecoder(*args, draft_tokens=req.draft_tokens)
     return PlainDecoder(*args)

@@ -73,9 +73,11 @@ def check_messages(messages: Sequence[Message]) -> list[Message]:
 @dataclass(frozen=True)
 class Rendered:
     """Rendered prompt text in pieces: (text, is_markup). Only markup may hold control
-    tokens; the rest is what users wrote."""
+    tokens; the rest is what users wrote. `replies`: the indices of the pieces that are
+    assistant messages' content (decoded one token per call, as generated: layout.py)."""
 
     pieces: tuple[tuple[str, bool], ...]
+    replies: tuple[int, ...] = ()
 
     @property
     def text(self) -> str:
@@ -114,14 +116,23 @@ def render_pieces(model: Model, messages: Sequence[Message], *, generation_promp
     except Exception as e:  # a template's raise_exception, or a Jinja error
         raise LocaleftError(f"chat template of {model.path.name} failed: {e}") from None
     pieces: list[tuple[str, bool]] = []
+    replies: list[int] = []
     for i, m in enumerate(messages):
         before, found, text = text.partition(_sentinel(i))
         if not found:  # the template dropped or rewrote this message: render it plainly
             text = before
             continue
         pieces += [(before, True), (m["content"], False)]
+        if m["role"] == "assistant":
+            replies.append(len(pieces) - 1)
     pieces.append((text, True))
-    return Rendered(tuple((t, markup) for t, markup in pieces if t))
+    return _dropping_empty(pieces, replies)
+
+
+def _dropping_empty(pieces: list[tuple[str, bool]], replies: list[int]) -> Rendered:
+    keep = [i for i, (t, _) in enumerate(pieces) if t]
+    at = {old: new for new, old in enumerate(keep)}
+    return Rendered(tuple(pieces[i] for i in keep), tuple(at[r] for r in replies if r in at))
 
 
 def render_template(model: Model, messages: Sequence[Message]) -> str:
@@ -131,8 +142,34 @@ def render_template(model: Model, messages: Sequence[Message]) -> str:
 
 def render_transcript(messages: Sequence[Message], *, generation_prompt: bool = True) -> str:
     """A plain transcript a pre-trained model can continue."""
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n\n".join(lines) + ("\n\nAssistant:" if generation_prompt else "")
+    return transcript_pieces(messages, generation_prompt=generation_prompt).text
+
+
+def transcript_pieces(messages: Sequence[Message], *, generation_prompt: bool = True) -> Rendered:
+    """The plain transcript in pieces, assistant content marked (no markup: all plain text)."""
+    pieces: list[tuple[str, bool]] = []
+    replies: list[int] = []
+    for i, m in enumerate(messages):
+        pieces.append((("\n\n" if i else "") + f"{m['role'].capitalize()}:", False))
+        pieces.append((" " + m["content"], False))  # the space starts the content's tokens
+        if m["role"] == "assistant":
+            replies.append(len(pieces) - 1)
+    if generation_prompt:
+        pieces.append(("\n\nAssistant:", False))
+    return _dropping_empty(pieces, replies)
+
+
+def reply_spans(model: Model, r: Rendered, tokens: list[int]) -> list[tuple[int, int]]:
+    """Token spans [a, b) of the rendering's reply pieces in `tokens` (its tokenize_prompt):
+    where a piece's tokens cannot be told apart from its neighbours' (a token across the
+    boundary), it is left to the prompt stretch around it."""
+    spans = []
+    for i in r.replies:
+        a = tokenize_prompt(model, Rendered(r.pieces[:i]))
+        b = tokenize_prompt(model, Rendered(r.pieces[: i + 1]))
+        if len(b) > len(a) and tokens[: len(b)] == b and b[: len(a)] == a:
+            spans.append((len(a), len(b)))
+    return spans
 
 
 def tokenize_prompt(model: Model, prompt: str | Rendered) -> list[int]:

@@ -13,7 +13,8 @@ from typing import Sequence
 
 from .backend import common_prefix
 from .errors import ContextOverflowError, InvalidParameterError
-from .prompts import Rendered, render_pieces, render_transcript, tokenize_prompt
+from .layout import Span
+from .prompts import Rendered, render_pieces, reply_spans, tokenize_prompt, transcript_pieces
 from .request import check_prompt, token_ids
 
 
@@ -34,16 +35,32 @@ class RolePrompts:
             "ft": templated,
             "base": templated
             if self.base_prompt == "template"
-            else Rendered.plain(render_transcript(prompt)),
+            else transcript_pieces(prompt),
         }
 
     def tokens(self, kind: str, prompt, indices: Sequence[int]) -> dict[int, list[int]]:
         """Token lists per context index (`kind` and `prompt` as request.check_prompt gives
         them), each leaving room for one more token in the context."""
+        return self.with_replies(kind, prompt, indices)[0]
+
+    def with_replies(self, kind: str, prompt, indices: Sequence[int]):
+        """`tokens`, and per context the token spans of the assistant messages in it (reply
+        stretches of the decode layout, layout.py): ({index: tokens}, {index: [spans]})."""
         if kind == "ids":
             ids = self.ids("prompt", prompt)
-            return self.fitting({i: list(ids) for i in indices})
-        return self.tokenized(self.rendered(kind, prompt), indices)
+            return self.fitting({i: list(ids) for i in indices}), {i: [] for i in indices}
+        rendered = self.rendered(kind, prompt)
+        prompts = self.tokenized(rendered, indices)
+        roles = self.group.roles
+        spans: dict[tuple, list[Span]] = {}  # one computation per (model, rendering)
+        replies = {}
+        for i in indices:
+            r = rendered[roles[i].kind]
+            key = (id(roles[i].model), id(r))
+            if key not in spans:
+                spans[key] = reply_spans(roles[i].model, r, prompts[i]) if r.replies else []
+            replies[i] = spans[key]
+        return prompts, replies
 
     def tokenized(self, rendered: dict[str, Rendered], indices) -> dict[int, list[int]]:
         roles = self.group.roles

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import layout
 from .backend import MAX_OUTPUTS, Model
 from .eft import log_softmax
 from .ensemble import Ensemble
@@ -193,6 +194,47 @@ class Recorder:
 
 
 # --- scoring a given continuation -------------------------------------------------------------
+class LayoutRows:
+    """The logits rows of a token list in the scoring layout (layout.scoring_plan), position by
+    position from `first` on: each call that holds a wanted position is decoded with all its
+    rows asked for, so a row is the same whatever part of the list is scored. Calls before the
+    first wanted one are reused from the KV cache where it holds them as computed."""
+
+    def __init__(self, ctx, tokens: list[int], first: int):
+        self.ctx = ctx
+        calls = layout.scoring_plan(tokens)
+        at = first // layout.SCORE_CHUNK  # the call holding `first`
+        reuse = min(layout.matched(ctx.calls, len(ctx.tokens), calls, len(tokens)), at)
+        for call in calls[reuse:at]:
+            ctx.run_call(call, 0)
+        self._calls = calls[at:]
+        self._next = first  # the next position to hand out
+        self._rows: list[np.ndarray] = []  # copies, for positions from _next on
+
+    def take(self, m: int) -> np.ndarray:
+        """The rows of the next m positions, shape (m, n_vocab)."""
+        while len(self._rows) < m:
+            start, toks = self._calls.pop(0)
+            self.ctx.run_call((start, toks), len(toks))
+            rows = self.ctx.logits(len(toks))
+            skip = max(0, self._next + len(self._rows) - start)
+            self._rows += [r.copy() for r in rows[skip:]]
+        out = np.stack(self._rows[:m])
+        del self._rows[:m]
+        self._next += m
+        return out
+
+
+def next_token_rows(group: Ensemble, sequences: dict[int, list[int]]) -> list[np.ndarray]:
+    """Each context's logits row after its token list, in the scoring layout (the row `score`
+    reads there), by context order."""
+    group.owner = None
+    return [
+        LayoutRows(group.roles[i].ctx, toks, len(toks) - 1).take(1)[0]
+        for i, toks in sorted(sequences.items())
+    ]
+
+
 def score_tokens(
     group: Ensemble,
     prompts: dict[int, list[int]],
@@ -202,9 +244,9 @@ def score_tokens(
     text_model: Model,
     top: int = 0,
 ) -> Score:
-    """Log-probs of `continuation` after each context's prompt: one batch per context per
-    chunk of MAX_OUTPUTS tokens (a decode returns at most that many logits rows); with `top`,
-    each token's most likely alternatives under EFT too."""
+    """Log-probs of `continuation` after each context's prompt, its rows read in the scoring
+    layout over prompt + continuation (layout.py), MAX_OUTPUTS tokens at a time in every
+    context; with `top`, each token's most likely alternatives under EFT too."""
     indices = sorted(prompts)
     labels = {i: group.roles[i].label for i in indices}
     n = group.n_vocab
@@ -216,13 +258,15 @@ def score_tokens(
     eft = {b: [] for b in combiners}
     ranks, eft_tops, base_tops, alternatives = [], [], [], []
     group.owner = None
-    # The row predicting continuation[0] ends the prompt; the rest come from decoding the
-    # continuation (all but its last token) in chunks, logits at every position.
-    group.prefill(prompts)
-    rows = {i: group.roles[i].ctx.logits(1) for i in indices}
+    # The row predicting continuation[0] ends the prompt; the last token is never decoded.
+    feeds = {
+        i: LayoutRows(group.roles[i].ctx, prompts[i] + continuation[:-1], len(prompts[i]) - 1)
+        for i in indices
+    }
     done = 0
-    while True:
-        m = next(iter(rows.values())).shape[0]
+    while done < len(ids):
+        m = min(MAX_OUTPUTS, len(ids) - done)
+        rows = {i: feeds[i].take(m) for i in indices}
         target = ids[done : done + m]
         eft_tops += _collect(
             rows, target, combiners, beta, per_model, eft, ranks, top, alternatives
@@ -231,12 +275,6 @@ def score_tokens(
         base[:, group.vocab.unused] = -np.inf
         base_tops += np.argmax(base, axis=1).tolist()
         done += m
-        if done >= len(ids):
-            break
-        chunk = continuation[done - 1 : min(done - 1 + MAX_OUTPUTS, len(ids) - 1)]
-        for i in indices:
-            group.roles[i].ctx.decode(chunk, len(chunk))
-        rows = {i: group.roles[i].ctx.logits(len(chunk)) for i in indices}
     texts = token_texts(text_model, continuation)
     eft_lp = np.concatenate(eft[beta])
     model_lp = {i: np.concatenate(v) for i, v in per_model.items()}

@@ -114,6 +114,18 @@ class SpeculativeDecoder(Decoder):
             return
         self.k = min(self.k + 2, self.k_max) if n_accepted == k else max(1, self.k - 1)
 
+    def _restore(self, held) -> None:
+        """Every context back to exactly the calls it had made (drafted blocks included), so a
+        stream resumed after another request continues with the same bytes."""
+        t = time.perf_counter()
+        ctxs = [r.ctx for r in self.group.roles]
+        before = sum(c.n_evaluated for c in ctxs)
+        for ctx, (calls, n) in zip(ctxs, held):
+            ctx.bring(calls, n, 0)
+        self.group.owner = self
+        self.stats.prompt_evaluated += sum(c.n_evaluated for c in ctxs) - before
+        self.stats.prompt_seconds += time.perf_counter() - t
+
     def tokens(self, prompts: dict[int, list[int]]) -> Iterator[int]:
         group, stats, sampler = self.group, self.stats, self.sampler
         roles = group.roles
@@ -126,7 +138,10 @@ class SpeculativeDecoder(Decoder):
         self.prefill(prompts)
         longest = max(len(p) for p in prompts.values())
         gen: list[int] = []
+        held = None  # each context's calls and length when tokens were last yielded
         while True:
+            if held is not None and group.owner is not self:
+                self._restore(held)  # another request used the contexts meanwhile
             room = group.n_ctx - longest - len(gen)
             if room < 1:
                 raise ContextOverflowError("context full")
@@ -198,6 +213,7 @@ class SpeculativeDecoder(Decoder):
             stats.accepted += n_acc
             stats.verifications += 1
             self._adapt(n_acc, k)
+            held = [(list(r.ctx.calls), len(r.ctx.tokens)) for r in roles]
             for tok in draft[:n_acc] + [nxt]:
                 gen.append(tok)
                 yield tok

@@ -248,27 +248,27 @@ def test_a_second_ctrl_c_right_after_an_interrupted_reply_keeps_everything(
 
 def test_ctrl_c_during_the_prompt_keeps_what_was_evaluated(tiny, tmp_path, monkeypatch):
     decodes = []
-    real = Context.decode
+    real = Context.bring
 
-    def decode(self, tokens, n_logits=1):
-        decodes.append(len(tokens))
+    def decode(self, calls, n, n_logits=1):
+        decodes.append(n)
         if len(decodes) == 2:  # the second context's prompt: Ctrl-C
             raise KeyboardInterrupt
-        return real(self, tokens, n_logits)
+        return real(self, calls, n, n_logits)
 
-    monkeypatch.setattr(Context, "decode", decode)
+    monkeypatch.setattr(Context, "bring", decode)
     saved = tmp_path / "c.json"
     r = chat(tiny, f"hello there\n/save {saved}\n")
     assert "interrupted before the reply began" in r.stderr
     assert json.loads(saved.read_text())["messages"] == []  # no empty assistant turn kept
-    monkeypatch.setattr(Context, "decode", real)
+    monkeypatch.setattr(Context, "bring", real)
     r = chat(tiny, f"hello there\n/save {saved}\n")  # a fresh session, for the full cost
     full = json.loads(saved.read_text())["replies"][0]["prompt_evaluated"]
     decodes.clear()
-    monkeypatch.setattr(Context, "decode", decode)
+    monkeypatch.setattr(Context, "bring", decode)
 
     def retry_after_interrupt(*_):
-        monkeypatch.setattr(Context, "decode", real)
+        monkeypatch.setattr(Context, "bring", real)
         return "/retry"
 
     script = iter(["hello there", None, f"/save {saved}", "/bye"])
