@@ -36,9 +36,10 @@ from urllib.parse import unquote
 from .errors import InvalidParameterError
 
 MAX_NESTING = 128  # JSON levels of the schema document
+MAX_VALUES = 1_000_000  # values in the schema document
 MAX_REF_DEPTH = 100  # schema levels while compiling (through $ref too)
 MAX_REPEAT = 4096  # maxLength, maxItems, regex repetitions: one rule per step
-MAX_STATES = 20_000  # states of one number automaton
+MAX_STATES = 60_000  # states of one number automaton (about a second to build)
 MAX_ALTERNATIVES = 256  # alternatives after distributing anyOf over allOf
 MAX_UNIQUE_VALUES = 64  # uniqueItems: items with at most this many possible values
 MAX_GRAMMAR_CHARS = 2_000_000
@@ -132,8 +133,12 @@ def _plain_json(doc):
     """Check (without recursion) that `doc` is JSON no deeper than MAX_NESTING, then return a
     plain copy (lists for tuples)."""
     stack = [(doc, "", 1)]
+    seen = 0
     while stack:
         value, path, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:  # a Python dict can share parts: 2**60 paths from 60 levels
+            raise _Refuse(f"it has over {MAX_VALUES:,} values")
         if depth > MAX_NESTING:
             where = path if len(path) <= 60 else path[:60] + "..."
             raise _Refuse(f"it nests deeper than {MAX_NESTING} levels (at {where})")
@@ -211,7 +216,7 @@ def seq(*items):
 
 
 def alt(*items):
-    out: list = []
+    out: dict = {}  # ordered set
     empty = False
     for x in items:
         parts = x[1] if x[0] == "alt" else (x,)
@@ -222,10 +227,10 @@ def alt(*items):
                 empty = True
             elif p[0] == "opt":
                 empty = True
-                if p[1] not in out:
-                    out.append(p[1])
-            elif p not in out:
-                out.append(p)
+                out[p[1]] = None
+            else:
+                out[p] = None
+    out = list(out)
     if not out:
         return EPS if empty else NONE
     body = out[0] if len(out) == 1 else ("alt", tuple(out))
@@ -350,7 +355,6 @@ _ESCAPE = (
     + " ".join([_HEX] * 3)
     + f" | [dD] [0-7] {_HEX} {_HEX} ) )"
 )
-_D2 = "[0-9] [0-9]"
 _LEAP2 = '( "0" [48] | [2468] [048] | [13579] [26] )'  # two digits, a nonzero multiple of 4
 _FIXED = {
     "ws": '" "?',
@@ -385,8 +389,10 @@ _FIXED_DEPS = {
     "fmt-date-time": ("fmt-date", "fmt-time"),
 }
 _FORMAT_LENGTHS = {"date": (10, 10), "time": (9, 18), "date-time": (20, 29), "uuid": (36, 36)}
-_DATE_RE = re.compile(r"\d{4}-\d\d-\d\d\Z")
-_TIME_RE = re.compile(r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{3})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)\Z")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_TIME_RE = re.compile(
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\Z"
+)
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
 
 
@@ -461,13 +467,16 @@ class _Compare:
 class _Magnitude:
     """Canonical nonnegative JSON numbers (no leading zeros, no exponent) x with lo <= x <= hi
     (each (Fraction, strict) or None) and (x * 10**scale) % modulus == 0, with at most
-    `whole` integer digits, `frac` fraction digits and `total` digits in all."""
+    `frac` fraction digits and `total` digits in all (None: any number of integer digits)."""
 
-    def __init__(self, lo, hi, modulus, scale, whole, frac, total):
+    def __init__(self, lo, hi, modulus, scale, frac, total):
         self.lo = None if lo is None else (_Compare(lo[0]), lo[1])
         self.hi = None if hi is None else (_Compare(hi[0]), hi[1])
         self.modulus, self.scale = modulus, scale
-        self.whole, self.frac, self.total = whole, frac, total
+        self.frac, self.total = frac, total
+        # past the longest bound only the count matters for `total`: without one, it saturates
+        longest = max((len(b[0].whole) for b in (self.lo, self.hi) if b), default=0)
+        self.saturate = longest + 1 if total is None else None
         self.start = ("S", 0, 0, ("I", 0), ("I", 0), 0)
 
     def step(self, state, ch):
@@ -490,13 +499,13 @@ class _Magnitude:
             else:  # after a leading "0" only "." may follow
                 return None
             if phase in ("Z", "I"):
-                if n + 1 > min(self.whole, self.total):
+                if self.total is not None and n + 1 > self.total:
                     return None
                 a = lo[0].int_digit(a, n, ch) if lo else a
                 b = hi[0].int_digit(b, n, ch) if hi else b
-                n += 1
+                n = n + 1 if self.saturate is None else min(n + 1, self.saturate)
             else:
-                if f + 1 > self.frac or n + f + 1 > self.total:
+                if f + 1 > self.frac or self.total is not None and n + f + 1 > self.total:
                     return None
                 a = lo[0].frac_digit(a, ch) if lo else a
                 b = hi[0].frac_digit(b, ch) if hi else b
@@ -523,7 +532,7 @@ class _Magnitude:
         return True
 
 
-def _dfa(start, step, accept, alphabet, what: str):
+def _dfa(start, step, accept, alphabet, what: str, budget: int = MAX_STATES):
     """Reachable, co-reachable, minimised DFA: (transitions [{ch: state}], accepting [bool]),
     state 0 the start; None if it accepts nothing."""
     index = {start: 0}
@@ -537,8 +546,8 @@ def _dfa(start, step, accept, alphabet, what: str):
             if nxt is None:
                 continue
             if nxt not in index:
-                if len(states) >= MAX_STATES:
-                    raise _Refuse(f"{what} needs too large a grammar (over {MAX_STATES} states)")
+                if len(states) >= budget:
+                    raise _Refuse(f"{what} needs too large a grammar (over {budget:,} states)")
                 index[nxt] = len(states)
                 states.append(nxt)
             t[ch] = index[nxt]
@@ -1533,10 +1542,35 @@ class _Compiler:
         key = (lo, hi, modulus, scale, frac, integer)
         if shared and key in self.numbers:
             return self.numbers[key]
-        big = max((len(str(abs(math.floor(b[0])))) for b in (lo, hi) if b), default=0)
-        whole = max(DIGITS, big) if integer else DIGITS
-        total = whole if integer else DIGITS
+        if integer:  # at most 15 digits (or as many as a bound has): a sampler must end
+            longest = max((len(_digits(abs(x[0]))[0]) for x in (lo, hi) if x), default=0)
+            capped = max(DIGITS, longest)
+        else:
+            capped = DIGITS
+        what = f'"multipleOf" {where}' if modulus > 1 else f"the number limits {where}"
+        try:
+            dfa = self.number_dfa(lo, hi, modulus, scale, frac, capped, what, MAX_STATES // 3)
+        except _Refuse:
+            if not integer:
+                raise
+            # a large multipleOf times the digit count: any number of digits instead (the
+            # automaton is then about `modulus` states, and every state is at most a few
+            # digits from a multiple)
+            dfa = self.number_dfa(lo, hi, modulus, scale, frac, None, what, MAX_STATES)
+        if dfa is None:
+            kind = "integer" if integer else "number"
+            self.reasons.append(
+                f"no {kind} of at most {capped} digits is within the limits {where}"
+            )
+            expr = NONE
+        else:
+            expr = self.dfa_rules(dfa, "n")
+        if shared:
+            self.numbers[key] = expr
+        return expr
 
+    @staticmethod
+    def number_dfa(lo, hi, modulus, scale, frac, total, what, budget):
         def tighter_low(x, y):
             if x is None:
                 return y
@@ -1545,12 +1579,12 @@ class _Compiler:
         pos = neg = None
         if hi is None or hi[0] > 0 or hi[0] == 0 and not hi[1]:
             zero = (Fraction(0), False)
-            pos = _Magnitude(tighter_low(lo, zero), hi, modulus, scale, whole, frac, total)
+            pos = _Magnitude(tighter_low(lo, zero), hi, modulus, scale, frac, total)
         if lo is None or lo[0] < 0:  # "-" and a magnitude m > 0 with -hi <= m <= -lo
             above = (Fraction(0), True)
             mlo = above if hi is None else tighter_low((-hi[0], hi[1]), above)
             mhi = None if lo is None else (-lo[0], lo[1])
-            neg = _Magnitude(mlo, mhi, modulus, scale, whole, frac, total)
+            neg = _Magnitude(mlo, mhi, modulus, scale, frac, total)
 
         def step(state, ch):
             if state == "start":
@@ -1566,17 +1600,7 @@ class _Compiler:
         def accept(state):
             return state != "start" and (pos if state[0] == "+" else neg).accept(state[1])
 
-        what = f'"multipleOf" {where} with these limits' if modulus > 1 else f"the number {where}"
-        dfa = _dfa("start", step, accept, "-0123456789.", what)
-        if dfa is None:
-            kind = "integer" if integer else "number"
-            self.reasons.append(f"no {kind} of at most {whole} digits is within the limits {where}")
-            expr = NONE
-        else:
-            expr = self.dfa_rules(dfa, "n")
-        if shared:
-            self.numbers[key] = expr
-        return expr
+        return _dfa("start", step, accept, "-0123456789.", what, budget)
 
     def dfa_rules(self, dfa, stem):
         trans, acc = dfa
@@ -1719,27 +1743,23 @@ class _Compiler:
         ws = self.use("ws")
         if n.unique and (hi is None or hi > 1):
             return self.unique_array(n, extra, lo, hi, where)
-        states: dict = {}
 
         def item(i):
             return self.compile(n.prefix[i] if i < k else extra)
 
-        def after(i):  # i items written
-            if hi is not None and i >= hi:
-                return EPS
-            if i >= max(k, lo) and hi is None:
-                return star(seq(lit(","), ws, item(k), ws))
-            if i in states:
-                return ("ref", states[i])
-            name = self.new_rule("a")
-            states[i] = name
-            body = seq(lit(","), ws, item(i), ws, after(i + 1))
-            self.rules[name] = body if i < lo else opt(body)
-            return ("ref", name)
-
         if hi == 0:
             return seq(lit("["), ws, lit("]"))
-        first = seq(item(0), ws, after(1))
+        # after[i] (i items written) is one rule per position, built from the end: a chain
+        # (never nested text), then ("," item)* when there is no maxItems
+        if hi is None:
+            chained, after = max(k, lo, 1), star(seq(lit(","), ws, item(k), ws))
+        else:
+            chained, after = hi, EPS
+        for i in range(chained - 1, 0, -1):
+            body = seq(lit(","), ws, item(i), ws, after)
+            after = ("ref", self.new_rule("a"))
+            self.rules[after[1]] = body if i < lo else opt(body)
+        first = seq(item(0), ws, after)
         return seq(lit("["), ws, first if lo > 0 else opt(first), lit("]"))
 
     def unique_array(self, n: Node, extra, lo, hi, where):
@@ -1900,22 +1920,23 @@ class _Compiler:
                 node = node.setdefault(ch, {})
             node[""] = {}
         raw = ("cls", _RAW)
-
-        def build(node):
+        allowed = _minus(_ALL, [_CONTROL, (0x22, 0x22), (0x5C, 0x5C)])
+        names_of = {id(trie): self.new_rule("k")}
+        todo = [trie]  # one rule per trie node, without recursion (names can be long)
+        while todo:
+            node = todo.pop()
             kids = {c: kid for c, kid in node.items() if c}
             options = [] if "" in node else [EPS]
-            bad = [(ord(c), ord(c)) for c in kids]
-            others = _minus(_minus(_ALL, [_CONTROL, (0x22, 0x22), (0x5C, 0x5C)]), bad)
+            others = _minus(allowed, [(ord(c), ord(c)) for c in kids])
             if others:
                 options.append(seq(("cls", _cls(others)), star(raw)))
             for c, kid in kids.items():
                 if ord(c) > 0x1F and c not in '"\\':
-                    options.append(seq(lit(c), build(kid)))
-            name = self.new_rule("k")
-            self.rules[name] = alt(*options)
-            return ("ref", name)
-
-        return build(trie)
+                    names_of[id(kid)] = self.new_rule("k")
+                    options.append(seq(lit(c), ("ref", names_of[id(kid)])))
+                    todo.append(kid)
+            self.rules[names_of[id(node)]] = alt(*options)
+        return ("ref", names_of[id(trie)])
 
 
 def _plain(q) -> str:
