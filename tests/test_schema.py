@@ -149,6 +149,16 @@ def test_numbers_have_no_exponent_and_at_most_15_digits(vocab):
     assert accepts("123456789012345") and accepts("-0.12345678901234")
     for text in ("1234567890123456", "1e5", "1E5", "0.123456789012345", "NaN", "Infinity"):
         assert not accepts(text), text
+    integers = acceptor(vocab, {"type": "integer", "multipleOf": 997})  # Python reads any int
+    assert integers(str(997 * 10**30)) and integers("-997") and not integers(str(997 * 10**30 + 1))
+
+
+def test_long_chains_are_rules_not_recursion(vocab):
+    accepts = acceptor(vocab, {"type": "array", "items": {"type": "integer"}, "maxItems": 4096})
+    assert accepts("[" + ",".join(["1"] * 4096) + "]")
+    assert not accepts("[" + ",".join(["1"] * 4097) + "]")
+    strings = acceptor(vocab, {"type": "string", "minLength": 4000, "maxLength": 4096})
+    assert strings('"' + "a" * 4096 + '"') and not strings('"' + "a" * 3999 + '"')
 
 
 def test_dates_exist(vocab):
@@ -515,6 +525,7 @@ def refusal(schema) -> str:
         ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}, ['"pattern" together']),
         ({"type": "number", "minimum": 0.30000000000000004}, ["significant digits"]),
         ({"type": "integer", "multipleOf": 0}, ['"multipleOf"']),
+        ({"type": "integer", "multipleOf": 99991}, ['"multipleOf" at the top level', "too large"]),
         ({"type": "string", "maxLength": 10**6}, ['"maxLength" 1000000']),
         ({"type": "object", "minProperties": 1}, ['"minProperties"']),
         (
@@ -579,6 +590,10 @@ def test_deep_nesting_is_one_line_not_a_recursion_error(em, vocab):
     cyclic: dict = {"type": "object", "properties": {}}
     cyclic["properties"]["a"] = cyclic  # a Python dict that contains itself
     assert "nests" in refusal(cyclic)
+    shared: dict = {"type": "integer"}
+    for _ in range(60):  # 2**60 paths through 61 dicts
+        shared = {"anyOf": [shared, shared]}
+    assert "values" in refusal(shared)
     assert acceptor(vocab, nested(30))('{"a":' * 30 + "7" + "}" * 30)
 
 
