@@ -182,7 +182,13 @@ def _canon(v):
 
 
 def _dumps(v) -> str:
-    return json.dumps(v, ensure_ascii=False)
+    """JSON text, non-ASCII characters raw, unless a lone surrogate needs its \\u escape."""
+    text = json.dumps(v, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(v)
+    return text
 
 
 def _show(v) -> str:
@@ -924,6 +930,7 @@ def _first_multiple(g: Fraction, lo):
 class _Compiler:
     def __init__(self, doc: dict):
         self.doc = doc
+        self.has_refs = '"$ref"' in json.dumps(doc)
         self.values = {"": doc}
         self.nodes: dict = {}
         self.flat: dict = {}
@@ -1011,6 +1018,8 @@ class _Compiler:
         draft4 = {}
         for key, value in schema.items():
             kp = f"{path}/{_esc(key)}"
+            if key in ("$id", "id") and path and self.has_refs:
+                raise _Refuse(f'"{key}" {where} sets a new base for "$ref", which is not supported')
             if key in ANNOTATIONS or key.startswith("x-"):
                 if key in ("$defs", "definitions") and not isinstance(value, dict):
                     raise _Refuse(f'"{key}" {where} must be an object')
@@ -1931,7 +1940,7 @@ class _Compiler:
             if others:
                 options.append(seq(("cls", _cls(others)), star(raw)))
             for c, kid in kids.items():
-                if ord(c) > 0x1F and c not in '"\\':
+                if ord(c) > 0x1F and c not in '"\\' and not 0xD800 <= ord(c) <= 0xDFFF:
                     names_of[id(kid)] = self.new_rule("k")
                     options.append(seq(lit(c), ("ref", names_of[id(kid)])))
                     todo.append(kid)

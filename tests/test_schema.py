@@ -258,6 +258,25 @@ def test_arrays_objects_and_combinations(vocab):
     assert not recursive('{"v":1,"kids":[{"v":10}]}')
 
 
+def test_enum_values_and_names_are_written_as_json(vocab):
+    name = 'q"uote\\'
+    values = ['a\\b"c', "\ud800", "é\n", 1.5, [1, {"k": None}]]
+    schema = {
+        "type": "object",
+        "properties": {name: {"enum": values}, "\ud800": {"const": True}},
+        "additionalProperties": {"type": "null"},
+    }
+    accepts = acceptor(vocab, schema)
+
+    def dumps(v):  # raw UTF-8 where possible, a \u escape for the lone surrogate
+        return json.dumps(v, ensure_ascii=v == "\ud800")
+
+    for value in values:
+        text = "{" + dumps(name) + ": " + dumps(value) + ', "\\ud800": true}'
+        assert valid(schema, text) and accepts(text), text
+    assert accepts('{"\\ud800": true, "x": null}') and not accepts('{"x": 1}')
+
+
 PYDANTIC = {  # what pydantic v2 writes for a model with an enum, Optional, a discriminated union
     "$defs": {
         "Color": {"enum": ["red", "green"], "title": "Color", "type": "string"},
@@ -540,6 +559,10 @@ def refusal(schema) -> str:
             ["no JSON value"],
         ),  # fmt: skip
         ({"type": "strnig"}, ['"type"']),
+        (
+            {"$defs": {"a": {"$id": "x", "$ref": "#/$defs/b"}, "b": {}}, "$ref": "#/$defs/a"},
+            ['"$id" at /$defs/a sets a new base'],
+        ),
         ({"maximun": 3}, ['"maximun" at the top level is not supported']),
     ],
 )
