@@ -2,7 +2,8 @@
 tokens a grammar allows next, advancing its state, and cloning that state (speculative
 decoding drafts on a copy and keeps only what was accepted).
 
-JSON schemas become GBNF with the converter llama-cpp-python ships.
+JSON schemas become GBNF through localeft.schema, which enforces every keyword it accepts and
+refuses the others (llama-cpp-python's converter ignored numeric limits and more, silently).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import json
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
 from .backend import Model
 from .native import captured_stderr, last_llama_error, llama_log_tail_clear
 from .errors import InvalidParameterError
+from .schema import schema_to_gbnf
 
 _TOKEN = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 assert _TOKEN.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
@@ -32,7 +34,8 @@ def _reason(printed: list[str]) -> str:
 
 
 def schema_grammar(schema) -> str:
-    """GBNF for a JSON schema (a dict, or JSON text); InvalidParameterError if it is not one."""
+    """GBNF for a JSON schema (a dict, or JSON text); InvalidParameterError (one line) if it is
+    not one, or uses a keyword the grammar cannot enforce (see localeft.schema)."""
     if isinstance(schema, (bytes, str)):
         try:
             schema = json.loads(schema)
@@ -40,12 +43,13 @@ def schema_grammar(schema) -> str:
             raise InvalidParameterError(
                 f"the JSON schema is not JSON: {e.msg} at {e.pos}"
             ) from None
+        except RecursionError:  # json's decoder recurses once per level
+            raise InvalidParameterError(
+                "cannot use this JSON schema: it nests too deeply"
+            ) from None
     if not isinstance(schema, dict):
         raise InvalidParameterError("a JSON schema must be an object")
-    try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # the converter raises plain exceptions on unsupported schemas
-        raise InvalidParameterError(f"cannot use this JSON schema: {e}") from None
+    return schema_to_gbnf(schema)
 
 
 def any_json_object() -> str:
