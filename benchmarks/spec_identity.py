@@ -106,8 +106,9 @@ def main() -> None:
     print(f"prompts: {n}, {a.tokens} tokens each, greedy")
     print(f"speculative output identical to plain: {same}/{n} ({same / n:.0%})")
     if first_diff:
+        med = statistics.median(first_diff)
         print(
-            f"  where they differ, the first differing token: median {statistics.median(first_diff)}"
+            f"  where they differ, the first differing token: median {med}"
             f", range {min(first_diff)}-{max(first_diff)}"
         )
     print(f"  acceptance {accepted}/{drafted} ({accepted / max(drafted, 1):.0%})")
