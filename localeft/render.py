@@ -33,9 +33,7 @@ class RolePrompts:
         templated = render_pieces(self.group.ft_model, prompt)
         return {
             "ft": templated,
-            "base": templated
-            if self.base_prompt == "template"
-            else transcript_pieces(prompt),
+            "base": templated if self.base_prompt == "template" else transcript_pieces(prompt),
         }
 
     def tokens(self, kind: str, prompt, indices: Sequence[int]) -> dict[int, list[int]]:
