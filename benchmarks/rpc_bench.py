@@ -109,7 +109,7 @@ def main() -> None:
     result: dict = {"endpoints": endpoints, "cores": cores}
     try:
         log("loading: local, local without repacking, and over RPC")
-        here = Emulator(**trio)
+        here = Emulator(**trio, repack=True)
         plain = Emulator(**trio, repack=False)
         there = Emulator(**trio, rpc=endpoints)
         result["placement"] = there.placement

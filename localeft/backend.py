@@ -99,7 +99,7 @@ class Model:
         self.load_log = LoadLog()
         with (
             interrupt.watching(),
-            self.load_log.recording(self.remote),
+            self.load_log.recording(),
             self.guard(LOAD_PATIENCE),
         ):
             self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
@@ -121,6 +121,9 @@ class Model:
             self.n_ctx_train = self._meta_int("context_length") or 0
         self.size_bytes = int(llama_cpp.llama_model_size(self._model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        # llama.cpp names the buffer of the weights it repacked CPU_REPACK (a numerics fact: the
+        # repacked kernels round differently from the file's layout)
+        self.repacked = any("REPACK" in name for name in self.load_log.buffers)
         self._contexts: list[weakref.ref] = []
         self._pieces: dict[int, bytes] = {}
         trim_heap()

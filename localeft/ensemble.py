@@ -112,7 +112,7 @@ class Ensemble:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         overlap: bool | None = None,
-        repack: bool = True,
+        repack: bool = False,
         remote: placement.Remote | None = None,
     ):
         """`remote`: the base model's layers go to these RPC servers (the others stay here)."""
@@ -172,6 +172,9 @@ class Ensemble:
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
+        # The weight layout results depend on (Stats.weights): llama.cpp's repacked CPU copy
+        # of some weights, or the file's own layout (mmap'd)
+        self.weights = "repacked" if any(m.repacked for m in self.models.values()) else "mmap"
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
         cores = _threads(n_threads)
         # Sizes are what each model computes here: a base all on RPC servers only waits.

@@ -14,26 +14,17 @@ from typing import Callable, Iterator
 
 from .backend import Model
 from .constraints import Constraints, GrammarDeadEnd
-from .decoding import PlainDecoder, Stats
+from .decoding import PlainDecoder
 from .ensemble import Ensemble
 from .errors import ContextOverflowError
 from .grammar import Grammar
 from .layout import Span
 from .request import Request
+from .results import Generation, Stats, TokenInfo
 from .sampling import Sampler
-from .scoring import Recorder, TokenInfo
+from .scoring import Recorder
 from .speculative import SpeculativeDecoder
 from .textstream import TextStream
-
-
-@dataclass
-class Generation:
-    text: str
-    tokens: list[int]
-    finish_reason: str  # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted"
-    stats: Stats
-    seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
-    logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
 
 
 class Stream:
@@ -98,6 +89,7 @@ def _run(group: Ensemble, job: Job, out: Stream, check_open) -> Iterator[str]:
     t0 = time.perf_counter()
     stats = Stats(
         prompt_tokens=max(len(p) for p in job.prompts.values()),
+        weights=group.weights,
         placement=[dict(row) for row in group.placement],
     )
     model = job.text_model

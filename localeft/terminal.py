@@ -82,6 +82,8 @@ def stats_line(s: Stats, full: bool = False) -> str:
                 + ", ".join(f"{k} {v:.1f}" for k, v in s.layout_probe.items())
                 + " ms/step)"
             )
+    if s.weights:
+        line += f" | weights: {s.weights}"
     if full:
         per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
         line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"

@@ -65,7 +65,7 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
         n_gpu_layers=o["gpu_layers"],
         draft_tokens=draft,
         baselines=not no_baselines,
-        repack=not o["no_repack"],
+        repack=o["repack"],
         sampling={"temperature": 0.8, "top_p": top_p} if top_p else {},
         log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
     )

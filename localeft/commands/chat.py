@@ -11,6 +11,7 @@ from .. import rpc
 from ..repl import CHAT_HELP, ChatSession, history_dir, latest_history
 from ..terminal import stdin_is_tty
 from .options import MODE, MODEL_OPTIONS, SAMPLING_OPTIONS, Failure, open_emulator, opt, sampling
+from .remote import SERVER
 
 
 @click.command(
@@ -38,6 +39,7 @@ Examples:
     metavar="[FILE]",
     help="Continue the latest conversation of the history (or one saved with /save).",
 )
+@SERVER
 def chat(mode, resume, **o):
     history = None
     if resume == "latest":

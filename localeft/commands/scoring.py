@@ -18,6 +18,7 @@ from ..scoring import evaluate, read_items, read_jsonl
 from ..terminal import BETA
 from .options import JSON, MODEL_OPTIONS, Failure, context_message, make_request, open_emulator
 from .options import opt, read_prompt
+from .remote import SERVER
 
 
 def _progress(items, label: str):
@@ -61,6 +62,7 @@ def _score_line(d):
 )
 @opt("--system", metavar="TEXT", help="System message, with --chat.")
 @JSON
+@SERVER
 def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
     """How likely is CONTINUATION after PROMPT under EFT, and under each model alone?
     Log-probabilities per token and in total, perplexity.

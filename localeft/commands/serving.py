@@ -58,7 +58,7 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             LocaleftWarning,
             stacklevel=1,
         )
-    em, _ = open_emulator(o)
+    em, settings = open_emulator(o)
     with em:
         click.echo(
             f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
@@ -73,6 +73,7 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             api_key=api_key,
             queue=queue,
             log_level="info" if verbose else "warning",
+            defaults=settings,
         )
 
 

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from ..engine import Emulator, Stream
 from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
 from ..scoring import token_texts
-from . import jobs, params, shapes
+from . import client_api, jobs, params, shapes
 from .shapes import APIError
 from .sse import EventStream, wait_disconnect
 from .worker import QueueFull, Worker
@@ -70,8 +70,17 @@ def checked(fn, *args, **kwargs):
 class Server:
     """The handlers, over one Emulator and its worker."""
 
-    def __init__(self, em: Emulator, model: str, api_key: str | None, queue: int, max_body: int):
+    def __init__(
+        self,
+        em: Emulator,
+        model: str,
+        api_key: str | None,
+        queue: int,
+        max_body: int,
+        defaults: dict | None = None,
+    ):
         self.em, self.model, self.api_key = em, model, api_key
+        self.defaults = defaults or {}  # the preset's settings the models were loaded with
         self.queue, self.max_body = queue, max_body
         self.worker: Worker | None = None
         self.created = int(time.time())
@@ -189,11 +198,26 @@ class Server:
                             "files": {k: str(m.path) for k, m in self.em.models.items()},
                             "n_ctx": self.em.n_ctx,
                             "beta": self.em.beta,
+                            **self.load_facts(),
                         },
                     }
                 ],
             }
         )
+
+    def load_facts(self) -> dict:
+        """What a client (`localeft generate --server`) checks before sending a request: every
+        role's file and expert weight, the weight layout, how base models see chats, and the
+        settings the command line that loaded them would default to."""
+        group = self.em.group
+        return {
+            "roles": {label: str(path) for label, path in group.files.items()},
+            "expert_weights": [w for _, _, w in group.terms],
+            "weights": self.em.weights,
+            "repack": self.em.repack,
+            "base_prompt": self.em.base_prompt,
+            "defaults": self.defaults,
+        }
 
     async def chat(self, request: Request) -> Response:
         self.authorize(request)
@@ -407,9 +431,11 @@ def create_app(
     api_key: str | None = None,
     queue: int = QUEUE,
     max_body: int = MAX_BODY,
+    defaults: dict | None = None,
 ) -> Starlette:
-    """The ASGI app serving `em` (one request at a time; `queue` more may wait)."""
-    server = Server(em, model, api_key, queue, max_body)
+    """The ASGI app serving `em` (one request at a time; `queue` more may wait). `defaults`:
+    the preset settings (beta, temperature, n_ctx) the models were loaded with, for clients."""
+    server = Server(em, model, api_key, queue, max_body, defaults)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -425,6 +451,7 @@ def create_app(
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        *client_api.routes(server, api_error, ClientGone),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
