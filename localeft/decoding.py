@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from .constraints import Constraints

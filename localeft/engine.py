@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import placement

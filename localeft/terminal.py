@@ -5,12 +5,16 @@ that both options and `/set` accept (one definition per number)."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from . import tokenview
-from .engine import Emulator, Generation, Stats
-from .speculative import MAX_DRAFT
+from .results import Generation, Stats
+from .validate import MAX_DRAFT
+
+if TYPE_CHECKING:
+    from .engine import Emulator
 
 MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
 

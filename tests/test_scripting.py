@@ -65,7 +65,7 @@ class Recorder(Emulator):
 def test_every_command_loads_the_same_weight_layout_by_default(tiny, tmp_path, monkeypatch):
     """generate, compare, chat, score, eval and serve mmap the weights unless --repack says
     otherwise, as the Python API and `bench` do: their outputs agree by default."""
-    monkeypatch.setattr("localeft.commands.options.Emulator", Recorder)
+    monkeypatch.setattr("localeft.engine.Emulator", Recorder)
     monkeypatch.setattr("localeft.server.serve", lambda em, **kw: None)
     items = tmp_path / "items.jsonl"
     items.write_text(json.dumps({"prompt": "a", "choices": [" b", " c"], "answer": 0}) + "\n")
@@ -369,3 +369,49 @@ def test_the_client_endpoints_check_what_they_get(served, em):
     assert err["n_ctx"] == em.n_ctx and err["tokens"] > em.n_ctx
     r = post("score", {"prompt": "a", "continuation": ""})
     assert r.status_code == 400 and "continuation" in r.json()["error"]["message"]
+
+
+# --- what a client process loads -----------------------------------------------------------------
+def test_a_client_call_loads_neither_llama_cpp_nor_numpy(served):
+    """`generate --server` starts as fast as Python and click allow: the models' libraries are
+    the server's business."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from localeft.cli import main\n"
+        f"sys.argv = ['localeft', 'generate', '--server', {served!r}, '-n', '2', 'hi']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('numpy', 'llama_cpp') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_every_module_loads_llama_cpp_before_numpy():
+    """CUDA builds crashed when NumPy was loaded before llama.cpp; with the package's names
+    loaded lazily, each module that imports NumPy imports llama_cpp first itself."""
+    import ast
+    from pathlib import Path
+
+    import localeft
+
+    root = Path(localeft.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        order = []
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                order += [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                order.append(node.module.split(".")[0])
+        if "numpy" in order:
+            assert "llama_cpp" in order[: order.index("numpy")], path
+
+
+def test_jsonl_knows_every_setting_a_request_takes():
+    from localeft.commands import batch
+    from localeft.request import build
+
+    assert batch.SETTINGS | {"mode"} == set(build.__kwdefaults__)

@@ -22,12 +22,17 @@ from dataclasses import dataclass
 
 import click
 
-from .. import request as requests
 from ..errors import ContextOverflowError, InvalidParameterError
 from ..terminal import MODES, run
 from .options import context_message
 
-SETTINGS = frozenset(requests.build.__kwdefaults__) - {"mode"}
+# request.build's settings (a line may set any), written out: request.py loads NumPy, which a
+# batch sent to a server (--server) never needs before its first line is checked
+SETTINGS = frozenset(
+    ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "beta")
+    + ("speculative", "draft_tokens", "logprobs", "repeat_penalty", "repeat_last_n")
+    + ("presence_penalty", "frequency_penalty", "logit_bias", "grammar", "json_schema")
+)
 FIELDS = SETTINGS | {"prompt", "messages", "id", "mode"}
 
 
@@ -66,6 +71,8 @@ def read(path: str) -> list[tuple[int, bytes]]:
 
 def parse(number: int, raw: bytes, defaults: dict, mode: str, chat: bool, system) -> Line | BadLine:
     """A line as a request, checked; or why it is not one."""
+    from .. import request as requests
+
     ident = None
     try:
         try:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..request import MAX_DRAFT
 from ..terminal import DRAFT, TOP_P
+from ..validate import MAX_DRAFT
 from .options import JSON, MODEL_OPTIONS, opt, resolve_models
 
 

@@ -6,16 +6,21 @@ import json
 import shutil
 import textwrap
 from itertools import zip_longest
+from typing import TYPE_CHECKING
 
 import click
 
-from ..engine import MAX_TOP_LOGPROBS, Emulator, Generation
 from ..reports import write_page
+from ..results import Generation
+from ..validate import MAX_TOP_LOGPROBS
 from ..terminal import EXPLAIN_TOP, MODES, explained, notes, run
 from .options import CHAT_OR_RAW, JSON, MODE, MODEL_OPTIONS, PROMPT, SAMPLING_OPTIONS, opt
 from . import batch
 from .options import Failure, make_request, open_emulator, read_prompt, sampling
 from .remote import SERVER
+
+if TYPE_CHECKING:
+    from ..engine import Emulator
 
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
 

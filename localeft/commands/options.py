@@ -8,18 +8,22 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .. import registry, rpc
-from ..backend import Model
-from ..engine import Emulator, Expert
 from ..errors import ContextOverflowError
-from ..grammar import Grammar, any_json_object, schema_grammar
-from ..request import MAX_DRAFT
 from ..terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
 from ..terminal import placement_line, stdin_is_tty
+from ..validate import MAX_DRAFT
 from .remote import connect
+
+if TYPE_CHECKING:
+    from ..engine import Emulator
+
+# llama.cpp and NumPy load inside the functions that load models (localeft/__init__.py): a
+# command that talks to a server (--server) starts without them.
 
 
 class Failure(click.ClickException):
@@ -44,6 +48,8 @@ class ExpertType(click.ParamType):
     name = "FT:REF[:WEIGHT]"
 
     def convert(self, value, param, ctx):
+        from ..engine import Expert
+
         if isinstance(value, Expert):
             return value
         parts = value.split(":")
@@ -258,6 +264,8 @@ def constraint_kwargs(o: dict) -> dict:
     """Grammar and penalty keyword arguments from the options (files read, JSON parsed)."""
     if sum(bool(o.get(k)) for k in ("grammar", "json_schema", "json_output")) > 1:
         raise click.UsageError("give one of --grammar, --json-schema, --json-output")
+    if o.get("grammar") or o.get("json_schema") or o.get("json_output"):
+        from ..grammar import any_json_object, schema_grammar
     kw: dict = {}
     if o.get("grammar"):
         kw["grammar"] = _read_text(o["grammar"], "grammar")
@@ -313,6 +321,10 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:
     """A grammar is checked against the fine-tuned model's vocabulary before any weights
     load."""
+    from ..backend import Model
+    from ..engine import Emulator
+    from ..grammar import Grammar
+
     o["constraints"] = constraint_kwargs(o)
     paths, settings = resolve_models(o)
     if o["constraints"].get("grammar"):

@@ -14,7 +14,6 @@ import click
 from ..errors import ContextOverflowError, InvalidParameterError
 from ..reports import check_plotting, eval_table, model_names, plot_accuracy, token_table
 from ..reports import totals_table
-from ..scoring import evaluate, read_items, read_jsonl
 from ..terminal import BETA
 from .options import JSON, MODEL_OPTIONS, Failure, context_message, make_request, open_emulator
 from .options import opt, read_prompt
@@ -131,6 +130,8 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
 
 
 def _read_score_lines(path: str):
+    from ..scoring import read_jsonl  # NumPy: not before it is needed (--server never needs it)
+
     lines, errors = read_jsonl(path, lambda n, d: (n, *_score_line(d)))
     if not lines and not errors:
         raise Failure(f"{path} has no lines to score")
@@ -174,6 +175,8 @@ def eval_command(file, betas, plot, as_json, **o):
       localeft eval mine.jsonl --beta 0,0.25,0.5,1,1.5,2 --plot accuracy.png
       localeft eval mine.jsonl --json > results.json
     """
+    from ..scoring import evaluate, read_items
+
     try:
         beta_list = _betas(betas)
     except click.BadParameter as e:

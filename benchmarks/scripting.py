@@ -1,0 +1,221 @@
+"""Scripting with the CLI, whole processes timed from outside, in one run: what a shell script
+that calls `localeft` pays per call.
+
+    .venv/bin/python benchmarks/scripting.py L.gguf F.gguf B.gguf [--reps 3] [--prompts 20] \
+        [-n 16] [--only one_shot,n64,batch,server] [--json]
+
+1. one_shot: `generate -n 1 "Hello"` with the weights repacked (`--repack`, the old default)
+   and mmap'd (the default now), alternating A B A B ...
+2. n64: the same with `-n 64` (where repacking's faster decoding starts to count).
+3. batch: PROMPTS prompts through one `generate --jsonl` against PROMPTS `generate` calls (the
+   default load), alternating; the batch's load is its wall time less the generations' own
+   seconds (their `stats.seconds`).
+4. server: PROMPTS `generate --server` calls to a `localeft serve` of the same trio, each against
+   the same request sent by a plain HTTP client from this process (the server's own time),
+   alternating; the difference is what the CLI as a client adds.
+
+Medians of each, ratios of pairs taken in the same repetition. The page cache is warm (one
+unmeasured run of each first). Run on a quiet machine or read the load averages it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = "rain,chess,rivers,bread,stars,glass,cats,trains,salt,winter,bees,maps,clocks,iron,"
+TOPICS += "moss,kites,ink,tides,owls,ferns,dust,bells,wool,sand"
+
+
+def cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LOCALEFT_SERVER", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "localeft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        **kw,
+    )
+    if check and r.returncode:
+        raise SystemExit(f"localeft {' '.join(map(str, args))} failed:\n{r.stderr}")
+    return r
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def pairs(a, b, reps: int, log) -> dict:
+    """A and B alternating (B first on odd repetitions): medians and the pairs' ratio A/B."""
+    ta, tb = [], []
+    a(), b()  # warm the page cache; unmeasured
+    for rep in range(reps):
+        order = [(a, ta), (b, tb)] if rep % 2 == 0 else [(b, tb), (a, ta)]
+        for fn, times in order:
+            times.append(timed(fn)[0])
+        log(f"  rep {rep + 1}/{reps}: A {ta[-1]:.2f} s, B {tb[-1]:.2f} s")
+    return {
+        "a_median_s": statistics.median(ta),
+        "b_median_s": statistics.median(tb),
+        "ratio_a_b": statistics.median(x / y for x, y in zip(ta, tb)),
+        "a_s": ta,
+        "b_s": tb,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_generate(port: int, prompt: str, n: int) -> float:
+    """The server's own time for one request: sent and read to its end from this process."""
+    settings = {"max_tokens": n, "temperature": 0.0, "beta": 1.0}
+    body = json.dumps({"prompt": [{"role": "user", "content": prompt}], "settings": settings})
+    t = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("POST", "/localeft/v1/generate", body, {"Content-Type": "application/json"})
+    data = conn.getresponse().read()
+    conn.close()
+    assert b'"generation"' in data, data[:300]
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for role in ("large_base", "small_ft", "small_base"):
+        ap.add_argument(role)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("-n", "--tokens", type=int, default=16, help="tokens per prompt (3, 4)")
+    ap.add_argument("-c", "--ctx-size", type=int, default=2048)
+    ap.add_argument("--only", default="one_shot,n64,batch,server")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    log = (lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    trio = ["--large-base", a.large_base, "--small-ft", a.small_ft, "--small-base", a.small_base]
+    trio += ["-c", a.ctx_size]
+    only = set(a.only.split(","))
+    prompts = [f"Write one sentence about {t}." for t in TOPICS.split(",")][: a.prompts]
+    out: dict = {"models": trio[1:6:2], "load_before": load(), "results": {}}
+    res = out["results"]
+
+    for name, n in (("one_shot", 1), ("n64", 64)):
+        if name in only:
+            log(f"{name}: generate -n {n}, A --repack, B mmap (default)")
+            res[name] = pairs(
+                lambda n=n: cli("generate", *trio, "-n", n, "--repack", "Hello"),
+                lambda n=n: cli("generate", *trio, "-n", n, "Hello"),
+                a.reps,
+                log,
+            )
+
+    if "batch" in only:
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            f.write("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        lines: list = []
+
+        def batch():
+            r = cli("generate", *trio, "-n", a.tokens, "--jsonl", f.name)
+            lines[:] = [json.loads(x) for x in r.stdout.splitlines()]
+
+        def calls():
+            for p in prompts:
+                cli("generate", *trio, "-n", a.tokens, p)
+
+        log(f"batch: {len(prompts)} prompts, A one --jsonl, B one call each")
+        res["batch"] = pairs(batch, calls, max(1, a.reps - 1), log)
+        generating = sum(d["stats"]["seconds"] for d in lines)
+        res["batch"]["generation_s"] = generating
+        res["batch"]["load_and_start_s"] = res["batch"]["a_median_s"] - generating
+        os.unlink(f.name)
+
+    if "server" in only:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "localeft", "serve", *map(str, trio), "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            t0 = time.perf_counter()
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.perf_counter() - t0 > 600:
+                        raise SystemExit("the server did not start") from None
+                    time.sleep(0.2)
+            log(f"server: up in {time.perf_counter() - t0:.1f} s; {len(prompts)} prompts each way")
+            raw, client = [], []
+            raw_generate(port, prompts[0], a.tokens)  # warm
+            cli("generate", "--server", url, "-n", a.tokens, prompts[0])
+            for i, p in enumerate(prompts):
+                pair = [
+                    (raw, lambda p=p: raw_generate(port, p, a.tokens)),
+                    (client, lambda p=p: cli("generate", "--server", url, "-n", a.tokens, p)),
+                ]
+                for times, fn in pair if i % 2 == 0 else pair[::-1]:
+                    times.append(timed(fn)[0])
+            res["server"] = {
+                "server_own_median_s": statistics.median(raw),
+                "cli_median_s": statistics.median(client),
+                "cli_adds_median_s": statistics.median(c - r for c, r in zip(client, raw)),
+                "server_own_total_s": sum(raw),
+                "cli_total_s": sum(client),
+            }
+        finally:
+            server.terminate()
+            server.wait(30)
+    out["load_after"] = load()
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"load averages: before {out['load_before']}, after {out['load_after']}")
+    for name in ("one_shot", "n64"):
+        if name in res:
+            r = res[name]
+            print(
+                f"{name:9} repack {r['a_median_s']:7.2f} s   mmap {r['b_median_s']:7.2f} s   "
+                f"repack/mmap {r['ratio_a_b']:.2f}x"
+            )
+    if "batch" in res:
+        r = res["batch"]
+        print(
+            f"batch     --jsonl {r['a_median_s']:7.2f} s   {len(prompts)} calls "
+            f"{r['b_median_s']:7.2f} s   ({r['ratio_a_b']:.2f}x); generating "
+            f"{r['generation_s']:.2f} s, start and load {r['load_and_start_s']:.2f} s"
+        )
+    if "server" in res:
+        r = res["server"]
+        print(
+            f"server    per call: server's own {r['server_own_median_s']:.3f} s, "
+            f"generate --server {r['cli_median_s']:.3f} s (adds {r['cli_adds_median_s']:.3f} s); "
+            f"{len(prompts)} calls {r['cli_total_s']:.2f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
