@@ -15,7 +15,8 @@ that calls `localeft` pays per call.
    alternating; the difference is what the CLI as a client adds.
 
 Medians of each, ratios of pairs taken in the same repetition. The page cache is warm (one
-unmeasured run of each first). Run on a quiet machine or read the load averages it prints.
+unmeasured run of each first; the batch's runs follow the one-shot ones). Run on a quiet
+machine, or read the load averages it prints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -58,23 +60,34 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def children_cpu() -> float:
+    """User + system seconds of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def pairs(a, b, reps: int, log) -> dict:
+def pairs(a, b, reps: int, log, warm: bool = True) -> dict:
     """A and B alternating (B first on odd repetitions): medians and the pairs' ratio A/B."""
-    ta, tb = [], []
-    a(), b()  # warm the page cache; unmeasured
+    ta, tb, ca, cb = [], [], [], []
+    if warm:
+        a(), b()  # warm the page cache; unmeasured
     for rep in range(reps):
-        order = [(a, ta), (b, tb)] if rep % 2 == 0 else [(b, tb), (a, ta)]
-        for fn, times in order:
+        order = [(a, ta, ca), (b, tb, cb)] if rep % 2 == 0 else [(b, tb, cb), (a, ta, ca)]
+        for fn, times, cpu in order:
+            c = children_cpu()
             times.append(timed(fn)[0])
-        log(f"  rep {rep + 1}/{reps}: A {ta[-1]:.2f} s, B {tb[-1]:.2f} s")
+            cpu.append(children_cpu() - c)
+        log(f"  rep {rep + 1}/{reps}: A {ta[-1]:.2f} s, B {tb[-1]:.2f} s (wall)")
     return {
         "a_median_s": statistics.median(ta),
         "b_median_s": statistics.median(tb),
         "ratio_a_b": statistics.median(x / y for x, y in zip(ta, tb)),
+        "a_cpu_median_s": statistics.median(ca),
+        "b_cpu_median_s": statistics.median(cb),
         "a_s": ta,
         "b_s": tb,
     }
@@ -142,7 +155,8 @@ def main() -> None:
                 cli("generate", *trio, "-n", a.tokens, p)
 
         log(f"batch: {len(prompts)} prompts, A one --jsonl, B one call each")
-        res["batch"] = pairs(batch, calls, max(1, a.reps - 1), log)
+        warm = not ({"one_shot", "n64"} & only)  # else the page cache is warm already
+        res["batch"] = pairs(batch, calls, max(1, a.reps - 1), log, warm)
         generating = sum(d["stats"]["seconds"] for d in lines)
         res["batch"]["generation_s"] = generating
         res["batch"]["load_and_start_s"] = res["batch"]["a_median_s"] - generating
@@ -199,7 +213,8 @@ def main() -> None:
             r = res[name]
             print(
                 f"{name:9} repack {r['a_median_s']:7.2f} s   mmap {r['b_median_s']:7.2f} s   "
-                f"repack/mmap {r['ratio_a_b']:.2f}x"
+                f"repack/mmap {r['ratio_a_b']:.2f}x   (CPU {r['a_cpu_median_s']:.1f} vs "
+                f"{r['b_cpu_median_s']:.1f} s)"
             )
     if "batch" in res:
         r = res["batch"]

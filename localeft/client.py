@@ -151,14 +151,16 @@ class Client:
             response.close()
 
     def _models(self) -> dict:
+        response = self._send("GET", "/v1/models")
         try:
-            data = self._read(self._send("GET", "/v1/models"))
-            info = data["data"][0]["localeft"]
+            info = json.loads(response.read())["data"][0]["localeft"]
             info["files"], info["n_ctx"], info["beta"]  # noqa: B018  (present, or not localeft)
-        except (KeyError, IndexError, TypeError):
+        except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError):
             raise ServerError(
                 f"{self.url} is not a localeft server (no models it serves)"
             ) from None
+        finally:
+            response.close()
         return info
 
     def _error(self, response) -> Exception:

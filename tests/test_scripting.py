@@ -95,6 +95,8 @@ def test_the_weight_layout_is_reported(tiny, em, served):
     assert "weights: mmap" in r.stderr
     r = local(tiny, "generate", "-n", "3", "--json", "hello")
     assert json.loads(r.stdout)["stats"]["weights"] == "mmap"
+    r = local(tiny, "check")
+    assert r.exit_code == 0 and "weights: mmap (--repack:" in r.stdout, r.output
     info = httpx.get(served + "/v1/models").json()["data"][0]["localeft"]
     assert info["weights"] == "mmap" and info["repack"] is False
 
@@ -148,15 +150,16 @@ def test_jsonl_answers_bad_lines_and_goes_on(tiny, tmp_path):
         '"four"',
         '{"prompt": "five", "logit_bias": {"99999": 1}}',
         '{"messages": []}',
-        '{"prompt": "six", "mode": "base"}',
+        '{"prompt": "six", "mode": ["base"]}',
         b"\xff\xfe",
+        b"[" * 100_000,
     ]
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines))
     r = local(tiny, "generate", "-n", "3", "--jsonl", path)
-    assert_one_line_error(r, 1, "7 of 9 lines", str(path))
+    assert_one_line_error(r, 1, "8 of 10 lines", str(path))
     out = {d["line"]: d for d in map(json.loads, r.stdout.splitlines())}
-    assert list(out) == [1, 2, 3, 4, 6, 7, 8, 9, 10]  # every line in order; the blank one skipped
+    assert list(out) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11]  # in order; the blank one skipped
     assert out[1]["id"] == "a" and out[1]["finish_reason"] in ("length", "eog")
     assert out[6]["text"] is not None and "error" not in out[6]
     assert "unknown field 'temprature'" in out[2]["error"]
@@ -164,7 +167,7 @@ def test_jsonl_answers_bad_lines_and_goes_on(tiny, tmp_path):
     assert out[4] == {"line": 4, "id": 3, "error": "beta must be between 0 and 1e+06, got -1"}
     assert "logit_bias token id" in out[7]["error"]  # found when the line runs: the vocabulary
     assert "messages" in out[8]["error"] and "mode" in out[9]["error"]
-    assert "UTF-8" in out[10]["error"]
+    assert "UTF-8" in out[10]["error"] and "nested too deep" in out[11]["error"]
 
 
 def test_jsonl_reads_stdin_and_a_sampled_line_says_how_to_repeat_it(tiny):

@@ -79,8 +79,9 @@ def parse(number: int, raw: bytes, defaults: dict, mode: str, chat: bool, system
             d = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise InvalidParameterError("the line is not valid UTF-8 text") from None
-        except ValueError as e:
-            raise InvalidParameterError(f"the line is not JSON ({e})") from None
+        except (ValueError, RecursionError) as e:
+            reason = e if isinstance(e, ValueError) else "nested too deep"
+            raise InvalidParameterError(f"the line is not JSON ({reason})") from None
         if isinstance(d, str):
             d = {"prompt": d}
         if not isinstance(d, dict):
@@ -91,7 +92,7 @@ def parse(number: int, raw: bytes, defaults: dict, mode: str, chat: bool, system
             raise InvalidParameterError(f"unknown field {unknown[0]!r}")
         prompt = _prompt(d, chat, system)
         line_mode = d.get("mode", mode)
-        if line_mode not in MODES:
+        if not isinstance(line_mode, str) or line_mode not in MODES:
             raise InvalidParameterError(f"mode must be one of eft, large, small, got {line_mode!r}")
         own = {k: d[k] for k in SETTINGS & set(d)}
         if "logit_bias" in own and isinstance(own["logit_bias"], dict):
