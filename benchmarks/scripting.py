@@ -4,13 +4,17 @@ that calls `localeft` pays per call.
     .venv/bin/python benchmarks/scripting.py L.gguf F.gguf B.gguf [--reps 3] [--prompts 20] \
         [-n 16] [--only one_shot,n64,batch,server] [--json]
 
-1. one_shot: `generate -n 1 "Hello"` with the weights repacked (`--repack`, the old default)
-   and mmap'd (the default now), alternating A B A B ...
+1. one_shot: `generate -n 1 --json "Hello"` with the weights repacked (`--repack`, the old
+   default) and mmap'd (the default now), alternating A B A B ...; also the time outside the
+   generation (start-up and load: wall time less the generation's `stats.seconds`).
 2. n64: the same with `-n 64` (where repacking's faster decoding starts to count).
 3. batch: PROMPTS prompts through one `generate --jsonl` against PROMPTS `generate` calls (the
    default load), alternating; the batch's load is its wall time less the generations' own
    seconds (their `stats.seconds`).
-4. server: PROMPTS `generate --server` calls to a `localeft serve` of the same trio, each against
+4. decode: ms per generated token of the two layouts, two Emulators in this process taking
+   turns (greedy, 48 tokens of a chat reply); with one_shot, how many tokens repacking's faster
+   decoding needs to pay its slower load back.
+5. server: PROMPTS `generate --server` calls to a `localeft serve` of the same trio, each against
    the same request sent by a plain HTTP client from this process (the server's own time),
    alternating; the difference is what the CLI as a client adds.
 
@@ -72,17 +76,20 @@ def load() -> str:
 
 def pairs(a, b, reps: int, log, warm: bool = True) -> dict:
     """A and B alternating (B first on odd repetitions): medians and the pairs' ratio A/B."""
-    ta, tb, ca, cb = [], [], [], []
+    ta, tb, ca, cb, la, lb = [], [], [], [], [], []
     if warm:
         a(), b()  # warm the page cache; unmeasured
     for rep in range(reps):
-        order = [(a, ta, ca), (b, tb, cb)] if rep % 2 == 0 else [(b, tb, cb), (a, ta, ca)]
-        for fn, times, cpu in order:
+        order = [(a, ta, ca, la), (b, tb, cb, lb)]
+        for fn, times, cpu, outside in order if rep % 2 == 0 else order[::-1]:
             c = children_cpu()
-            times.append(timed(fn)[0])
+            seconds, r = timed(fn)
+            times.append(seconds)
             cpu.append(children_cpu() - c)
+            if isinstance(r, subprocess.CompletedProcess) and r.stdout.startswith("{"):
+                outside.append(seconds - json.loads(r.stdout)["stats"]["seconds"])
         log(f"  rep {rep + 1}/{reps}: A {ta[-1]:.2f} s, B {tb[-1]:.2f} s (wall)")
-    return {
+    out = {
         "a_median_s": statistics.median(ta),
         "b_median_s": statistics.median(tb),
         "ratio_a_b": statistics.median(x / y for x, y in zip(ta, tb)),
@@ -91,6 +98,11 @@ def pairs(a, b, reps: int, log, warm: bool = True) -> dict:
         "a_s": ta,
         "b_s": tb,
     }
+    if la and lb:  # a --json generation: the process's time outside it (start-up and load)
+        out.update(
+            a_outside_median_s=statistics.median(la), b_outside_median_s=statistics.median(lb)
+        )
+    return out
 
 
 def free_port() -> int:
@@ -112,6 +124,36 @@ def raw_generate(port: int, prompt: str, n: int) -> float:
     return time.perf_counter() - t
 
 
+def decode(a, reps: int, log) -> dict:
+    """Median ms per token of each layout, alternating, in this process."""
+    import llama_cpp  # noqa: F401  (before numpy)
+
+    sys.path.insert(0, str(ROOT))
+    from localeft import Emulator
+
+    trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
+    ems = {
+        "repacked": Emulator(**trio, n_ctx=a.ctx_size, repack=True),
+        "mmap": Emulator(**trio, n_ctx=a.ctx_size),
+    }
+    chat = [{"role": "user", "content": "Explain how a hash map works, in detail."}]
+    times: dict[str, list[float]] = {k: [] for k in ems}
+    for em in ems.values():
+        em.chat(chat, max_tokens=8)  # warm-up; the CPU layout of EFT steps is decided
+    for rep in range(reps):
+        for name in list(ems)[:: 1 if rep % 2 == 0 else -1]:
+            g = ems[name].chat(chat, max_tokens=48)
+            times[name].append(g.stats.ms_per_token)
+        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in times.items()))
+    for em in ems.values():
+        em.close()
+    out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+    out["mmap_vs_repacked"] = statistics.median(
+        m / r for m, r in zip(times["mmap"], times["repacked"])
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for role in ("large_base", "small_ft", "small_base"):
@@ -120,7 +162,12 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("-n", "--tokens", type=int, default=16, help="tokens per prompt (3, 4)")
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
-    ap.add_argument("--only", default="one_shot,n64,batch,server")
+    ap.add_argument("--only", default="one_shot,n64,batch,decode,server")
+    ap.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="the page cache is warm already: no unmeasured runs",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     log = (lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -135,16 +182,17 @@ def main() -> None:
         if name in only:
             log(f"{name}: generate -n {n}, A --repack, B mmap (default)")
             res[name] = pairs(
-                lambda n=n: cli("generate", *trio, "-n", n, "--repack", "Hello"),
-                lambda n=n: cli("generate", *trio, "-n", n, "Hello"),
+                lambda n=n: cli("generate", *trio, "-n", n, "--json", "--repack", "Hello"),
+                lambda n=n: cli("generate", *trio, "-n", n, "--json", "Hello"),
                 a.reps,
                 log,
+                not a.no_warmup,
             )
 
+    lines: list = []
     if "batch" in only:
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
             f.write("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-        lines: list = []
 
         def batch():
             r = cli("generate", *trio, "-n", a.tokens, "--jsonl", f.name)
@@ -155,12 +203,20 @@ def main() -> None:
                 cli("generate", *trio, "-n", a.tokens, p)
 
         log(f"batch: {len(prompts)} prompts, A one --jsonl, B one call each")
-        warm = not ({"one_shot", "n64"} & only)  # else the page cache is warm already
+        warm = not ({"one_shot", "n64"} & only or a.no_warmup)  # else it is warm already
         res["batch"] = pairs(batch, calls, max(1, a.reps - 1), log, warm)
         generating = sum(d["stats"]["seconds"] for d in lines)
         res["batch"]["generation_s"] = generating
         res["batch"]["load_and_start_s"] = res["batch"]["a_median_s"] - generating
         os.unlink(f.name)
+
+    if "decode" in only:
+        log("decode: two Emulators, repacked and mmap'd, taking turns")
+        res["decode"] = decode(a, max(3, a.reps), log)
+        if "one_shot" in res:
+            saved = res["decode"]["mmap_ms"] - res["decode"]["repacked_ms"]
+            extra = res["one_shot"]["a_median_s"] - res["one_shot"]["b_median_s"]
+            res["decode"]["payback_tokens"] = 1000 * extra / saved if saved > 0 else None
 
     if "server" in only:
         port = free_port()
@@ -183,7 +239,7 @@ def main() -> None:
                         raise SystemExit("the server did not start") from None
                     time.sleep(0.2)
             log(f"server: up in {time.perf_counter() - t0:.1f} s; {len(prompts)} prompts each way")
-            raw, client = [], []
+            raw, client, texts = [], [], []
             raw_generate(port, prompts[0], a.tokens)  # warm
             cli("generate", "--server", url, "-n", a.tokens, prompts[0])
             for i, p in enumerate(prompts):
@@ -192,7 +248,10 @@ def main() -> None:
                     (client, lambda p=p: cli("generate", "--server", url, "-n", a.tokens, p)),
                 ]
                 for times, fn in pair if i % 2 == 0 else pair[::-1]:
-                    times.append(timed(fn)[0])
+                    seconds, r = timed(fn)
+                    times.append(seconds)
+                    if times is client:
+                        texts.append(r.stdout)
             res["server"] = {
                 "server_own_median_s": statistics.median(raw),
                 "cli_median_s": statistics.median(client),
@@ -200,6 +259,9 @@ def main() -> None:
                 "server_own_total_s": sum(raw),
                 "cli_total_s": sum(client),
             }
+            if lines:  # the same requests ran locally in the batch: the same bytes?
+                local = [d["text"] + ("" if d["text"].endswith("\n") else "\n") for d in lines]
+                res["server"]["same_text_as_local"] = sum(x == y for x, y in zip(texts, local))
         finally:
             server.terminate()
             server.wait(30)
@@ -214,7 +276,13 @@ def main() -> None:
             print(
                 f"{name:9} repack {r['a_median_s']:7.2f} s   mmap {r['b_median_s']:7.2f} s   "
                 f"repack/mmap {r['ratio_a_b']:.2f}x   (CPU {r['a_cpu_median_s']:.1f} vs "
-                f"{r['b_cpu_median_s']:.1f} s)"
+                f"{r['b_cpu_median_s']:.1f} s"
+                + (
+                    f"; start and load {r['a_outside_median_s']:.2f} vs "
+                    f"{r['b_outside_median_s']:.2f} s)"
+                    if "a_outside_median_s" in r
+                    else ")"
+                )
             )
     if "batch" in res:
         r = res["batch"]
@@ -223,12 +291,25 @@ def main() -> None:
             f"{r['b_median_s']:7.2f} s   ({r['ratio_a_b']:.2f}x); generating "
             f"{r['generation_s']:.2f} s, start and load {r['load_and_start_s']:.2f} s"
         )
+    if "decode" in res:
+        r = res["decode"]
+        payback = r.get("payback_tokens")
+        print(
+            f"decode    repacked {r['repacked_ms']:.1f} ms/token, mmap {r['mmap_ms']:.1f} "
+            f"({r['mmap_vs_repacked']:.2f}x)"
+            + (f"; repacking pays its load back after ~{payback:.0f} tokens" if payback else "")
+        )
     if "server" in res:
         r = res["server"]
         print(
             f"server    per call: server's own {r['server_own_median_s']:.3f} s, "
             f"generate --server {r['cli_median_s']:.3f} s (adds {r['cli_adds_median_s']:.3f} s); "
             f"{len(prompts)} calls {r['cli_total_s']:.2f} s"
+            + (
+                f"; {r['same_text_as_local']} of {len(prompts)} texts equal the local batch's"
+                if "same_text_as_local" in r
+                else ""
+            )
         )
 
 

@@ -418,3 +418,26 @@ def test_jsonl_knows_every_setting_a_request_takes():
     from localeft.request import build
 
     assert batch.SETTINGS | {"mode"} == set(build.__kwdefaults__)
+
+
+def test_jsonl_shows_a_progress_bar_only_beside_redirected_results(monkeypatch):
+    import io
+
+    from localeft.commands import batch
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for err, out, bar in (
+        (Tty(), io.StringIO(), True),
+        (Tty(), Tty(), False),
+        (io.StringIO(), io.StringIO(), False),
+    ):
+        monkeypatch.setattr("sys.stderr", err)
+        monkeypatch.setattr("sys.stdout", out)
+        with batch.progress(3) as b:
+            assert (b is not None) == bar
+            if b is not None:
+                b.update(3)
+        assert ("3/3" in err.getvalue()) == bar

@@ -12,10 +12,10 @@ import click
 
 from ..reports import write_page
 from ..results import Generation
-from ..validate import MAX_TOP_LOGPROBS
 from ..terminal import EXPLAIN_TOP, MODES, explained, notes, run
-from .options import CHAT_OR_RAW, JSON, MODE, MODEL_OPTIONS, PROMPT, SAMPLING_OPTIONS, opt
+from ..validate import MAX_TOP_LOGPROBS
 from . import batch
+from .options import CHAT_OR_RAW, JSON, MODE, MODEL_OPTIONS, PROMPT, SAMPLING_OPTIONS, opt
 from .options import Failure, make_request, open_emulator, read_prompt, sampling
 from .remote import SERVER
 
