@@ -293,12 +293,14 @@ class Ensemble:
     ) -> None:
         """Bring each context to its token list, logits of the last position ready, decoded in
         the generation layout (layout.plan: prompt stretches in chunks of n_ubatch from their
-        start, `replies[i]` one token per call) and reusing only what the KV cache holds of
-        that layout (`Context.n_evaluated` counts what was decoded)."""
+        start, `replies[i]` one token per call on a CPU, in chunks with GPU offload) and
+        reusing only what the KV cache holds of that layout (`Context.n_evaluated` counts what
+        was decoded)."""
         for i, toks in prompts.items():
             ctx = self.roles[i].ctx
             spans = replies.get(i, ()) if replies else ()
-            ctx.bring(layout.plan(toks, spans, ctx.n_ubatch), len(toks), 1)
+            reply_chunk = ctx.n_ubatch if self.gpu_offload else 1
+            ctx.bring(layout.plan(toks, spans, ctx.n_ubatch, reply_chunk), len(toks), 1)
 
     def rows(self, indices: Sequence[int], n: int = 1) -> list[np.ndarray]:
         """The last decode's logits rows per context (float32 views; on a GPU this waits for

@@ -242,3 +242,28 @@ def test_a_request_is_its_whole_recipe():
     """A sampled request without a seed gets one when it is built: the Request repeats."""
     r = build("hi", temperature=0.7)
     assert r.sampling.seed is not None and build("hi", temperature=0.0).sampling.seed is None
+
+
+def test_with_gpu_offload_a_speculative_chat_repeats_and_reuses_its_prompts(make_em):
+    """With GPU offload (speculative by default) a history's replies are decoded in chunks: a
+    turn re-decodes only the previous reply, and equals a cold request. (The layout rule is
+    tested here on the CPU by marking the group as offloaded.)"""
+
+    def offloaded():
+        em = make_em()
+        em.group.gpu_offload = True
+        return em
+
+    em = offloaded()
+    messages = list(CHAT)
+    kw = dict(GREEDY, speculative=True, draft_tokens=3)
+    for turn in range(3):
+        g = em.chat(messages, **kw)
+        assert signature(g) == signature(offloaded().chat(messages, **kw))
+        if turn:  # the history before the last reply comes from the caches
+            whole = len(em.prompt_tokens(messages)["ft"])
+            assert g.stats.prompt_evaluated / 3 < whole / 2
+        messages += [
+            {"role": "assistant", "content": g.text},
+            {"role": "user", "content": f"and then {turn}?"},
+        ]
