@@ -449,6 +449,10 @@ class Context:
         on which rows the call asked for)."""
         return (len(self._rows) if self._rows is not None else self._n_out) == n
 
+    def holds_with_row(self, tokens: list[int]) -> bool:
+        """The cache holds exactly `tokens`, the logits row of the last one at hand."""
+        return self._has_rows(1) and self.tokens == tokens
+
     def truncate(self, n: int) -> None:
         """Forget every token after the first n (KV cache removal)."""
         if n >= len(self.tokens):

@@ -365,12 +365,21 @@ class Ensemble:
         self, blocks: dict[int, list[int]], n_rows: int, seconds: dict[str, float]
     ) -> list[np.ndarray | None]:
         """Bring each given context to its token list in one batch, with logits at its last
-        n_rows positions; returns rows by context index (None where not given)."""
+        n_rows positions; returns rows by context index (None where not given). A context that
+        holds all but the last n_rows - 1 tokens with its last row at hand (just after the
+        prompt) decodes only those: its prompt keeps the layout it was decoded in."""
         out: list[np.ndarray | None] = [None] * len(self.roles)
+        first: dict[int, np.ndarray] = {}
         for i, toks in blocks.items():
-            seconds[self.roles[i].label] += _timed(self.roles[i].ctx.sync_decode, toks, n_rows)
+            ctx, k = self.roles[i].ctx, n_rows - 1
+            if k and ctx.holds_with_row(toks[:-k]):
+                first[i] = ctx.logits(1).copy()
+                seconds[self.roles[i].label] += _timed(ctx.decode, toks[-k:], k)
+            else:
+                seconds[self.roles[i].label] += _timed(ctx.sync_decode, toks, n_rows)
         for i in blocks:
-            out[i] = self.roles[i].ctx.logits(n_rows)
+            rows = self.roles[i].ctx.logits(n_rows - (i in first))
+            out[i] = np.concatenate([first[i], rows]) if i in first else rows
         return out
 
     @contextlib.contextmanager

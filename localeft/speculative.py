@@ -177,7 +177,8 @@ class SpeculativeDecoder(Decoder):
             secs[drafter.label] += dt
             # Verify: every other context scores the whole block in one batch.
             t = clock()
-            rows = group.verify({i: prompts[i] + gen + draft for i in verifiers}, k + 1, secs)
+            full = group.verify({i: prompts[i] + gen + draft for i in verifiers}, k + 1, secs)
+            rows = list(full)
             rows[d] = self._q_logits[:k]
             t1 = clock()
             target = self.combiner.combine([r[:k] for r in rows])
@@ -197,7 +198,7 @@ class SpeculativeDecoder(Decoder):
                 secs[drafter.label] += bonus_eval
                 rows[d] = self._q_logits[k : k + 1]
                 for i in verifiers:
-                    rows[i] = roles[i].ctx.logits(k + 1)[k:]
+                    rows[i] = full[i][k:]
                 target = self.combiner.combine(rows)
                 rest = self._dist(states[k] if constrained else None, target[0], k)
                 at = 0
