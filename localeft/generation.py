@@ -9,9 +9,10 @@ prompt tokens, the grammar compiled for the vocabulary. `run` picks the decoder
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from . import toolformat
 from .backend import Model
 from .constraints import Constraints, GrammarDeadEnd
 from .decoding import PlainDecoder, Stats
@@ -24,16 +25,23 @@ from .sampling import Sampler
 from .scoring import Recorder, TokenInfo
 from .speculative import SpeculativeDecoder
 from .textstream import TextStream
+from .tools import ToolCall
 
 
 @dataclass
 class Generation:
+    """`text` is everything generated; with tools, `tool_calls` are the calls read from it
+    and `content` the rest (None when only calls were written; without tools, the text)."""
+
     text: str
     tokens: list[int]
-    finish_reason: str  # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted"
+    # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted" | "tool_calls"
+    finish_reason: str
     stats: Stats
     seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
     logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    content: str | None = None
 
 
 class Stream:
@@ -68,6 +76,7 @@ class Job:
     speculative: bool
     grammar: Grammar | None
     text_model: Model  # its pieces make the text; its end-of-generation tokens end it
+    tool_family: str | None = None  # tool calls are read from the text (toolformat.py)
 
 
 def start(group: Ensemble, job: Job, check_open: Callable[[], None]) -> Stream:
@@ -141,8 +150,14 @@ def _run(group: Ensemble, job: Job, out: Stream, check_open) -> Iterator[str]:
         if len(job.indices) > 1 and group.has_layouts:
             stats.layout, stats.layout_probe = group.layout, group.layout_probe
         records = None if recorder is None else recorder.records[: len(tokens)]
+        calls, content = [], text.text
+        if job.tool_family is not None:
+            parsed = toolformat.parse(job.tool_family, text.text)
+            calls, content = parsed.calls, parsed.content
+            if calls and finish in ("eog", "stop", "grammar"):
+                finish = "tool_calls"
         out.generation = Generation(
-            text.text, list(tokens), finish, stats, req.sampling.seed, records
+            text.text, list(tokens), finish, stats, req.sampling.seed, records, calls, content
         )
     if rest:
         yield rest
