@@ -50,6 +50,7 @@ class Stream:
     def __init__(self, pieces: Iterator[str] | None = None):
         self._pieces = pieces if pieces is not None else iter(())
         self.generation: Generation | None = None
+        self.tool_family: str | None = None  # calls will be read from the text (toolformat)
         self.tokens: list[int] = []  # so far
         self.records: list[TokenInfo] = []  # so far, with logprobs=N (may run ahead of tokens)
 
@@ -82,6 +83,7 @@ class Job:
 def start(group: Ensemble, job: Job, check_open: Callable[[], None]) -> Stream:
     """A Stream over the job's pieces (nothing runs before the first is asked for)."""
     out = Stream()
+    out.tool_family = job.tool_family
     out._pieces = _run(group, job, out, check_open)
     return out
 

@@ -183,3 +183,25 @@ def call_grammar(fam: str, tools: tuple[dict, ...], choice: str, parallel: bool)
     else:
         call, root = body, "root ::= call"
     return "\n".join([root, f"call ::= {call}", *rules]) + "\n"
+
+
+class ContentStream:
+    """Streamed text pieces -> the content deltas safe to send as they come (what may open a
+    call is held back); `finish` gives the rest of the final content. The deltas joined equal
+    `parse(...).content` of the whole text: streamed and not streamed agree."""
+
+    def __init__(self, fam: str):
+        self.fam, self.text, self.sent = fam, "", ""
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        return self._advance(visible(self.fam, self.text))
+
+    def finish(self, content: str | None) -> str:
+        return self._advance(content or "")
+
+    def _advance(self, shown: str) -> str:
+        if not shown.startswith(self.sent):  # cannot happen (visible is a prefix); never resend
+            return ""
+        delta, self.sent = shown[len(self.sent) :], shown
+        return delta
