@@ -119,7 +119,13 @@ def build(
             "or JSON schema with it",
             param="tool_choice",
         )
-    text = schema_grammar(json_schema) if json_schema is not None else grammar
+    text = grammar
+    if json_schema is not None:
+        try:
+            text = schema_grammar(json_schema)
+        except InvalidParameterError as e:
+            e.param = e.param or "json_schema"
+            raise
     if text is not None and not isinstance(text, str):
         raise InvalidParameterError(f"grammar must be GBNF text, got {text!r}", param="grammar")
     return Request(
