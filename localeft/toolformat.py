@@ -6,7 +6,8 @@ Two families, by what their templates write (and so what their models were train
 
 - "hermes" (Qwen2.5, Qwen3, Hermes): `<tool_call>` {"name": ..., "arguments": {...}}
   `</tool_call>` blocks (a newline inside each tag), several in a row for parallel calls,
-  after optional text;
+  after optional text; a reply that is nothing but such a JSON object (in a ```json fence or
+  not) is a call too: Qwen2.5-Coder often leaves the tags out (llama.cpp accepts it as well);
 - "llama3" (Llama 3.1, 3.2): the whole reply is `{"name": ..., "parameters": {...}}` (after an
   optional <|python_tag|>, a control token that renders as nothing); one call per turn, as the
   template itself insists.
@@ -30,6 +31,7 @@ from .tools import ToolCall
 FAMILIES = ("hermes", "llama3")
 _HERMES_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _PYTHON_TAG = "<|python_tag|>"
+_FENCE = "```json"
 OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"  # as the hermes templates write them
 
 
@@ -90,12 +92,16 @@ def parse(fam: str, text: str) -> Parsed:
             at = m.end()
         kept.append(text[at:])
         content = "".join(kept).strip()
-        return Parsed(content or None, calls)
+        if calls:
+            return Parsed(content or None, calls)
     body = text.strip()
-    if body.startswith(_PYTHON_TAG):
-        body = body[len(_PYTHON_TAG) :].lstrip()
+    for head in (_PYTHON_TAG, _FENCE):
+        if body.startswith(head):
+            body = body[len(head) :].strip()
+    if body.endswith("```") and fam == "hermes":
+        body = body[:-3].strip()
     obj = _loads(body) if body.startswith("{") else None
-    call = _call(obj, "parameters")
+    call = _call(obj, "arguments" if fam == "hermes" else "parameters")
     if call is None:
         return Parsed(text.strip() or None, [])
     return Parsed(None, [call])
@@ -104,19 +110,20 @@ def parse(fam: str, text: str) -> Parsed:
 def visible(fam: str, text: str) -> str:
     """What of a growing `text` is content whatever follows: always a prefix of
     `parse(fam, final_text).content` (text that may open a call is held back)."""
-    if fam == "hermes":
-        cut = text.find("<tool_call>")
-        if cut < 0:
-            cut = len(text)
-            for k in range(min(len("<tool_call>") - 1, len(text)), 0, -1):
-                if "<tool_call>".startswith(text[-k:]):
-                    cut = len(text) - k
-                    break
-        return text[:cut].strip()
     head = text.lstrip()
-    if not head or head[0] == "{" or _PYTHON_TAG.startswith(head[: len(_PYTHON_TAG)]):
-        return ""
-    return text.strip()
+    opening = _FENCE if fam == "hermes" else _PYTHON_TAG
+    if not head or head[0] == "{" or opening.startswith(head[: len(opening)]):
+        return ""  # the whole reply may be one call
+    if fam == "llama3":
+        return text.strip()
+    cut = text.find("<tool_call>")
+    if cut < 0:
+        cut = len(text)
+        for k in range(min(len("<tool_call>") - 1, len(text)), 0, -1):
+            if "<tool_call>".startswith(text[-k:]):
+                cut = len(text) - k
+                break
+    return text[:cut].strip()
 
 
 # --- grammars ---------------------------------------------------------------------------------

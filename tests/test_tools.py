@@ -176,9 +176,17 @@ def test_calls_are_read_per_family_and_streamed_content_matches():
     p = toolformat.parse("llama3", '{"name": "now", "parameters": {}}')
     assert [(c.name, c.args) for c in p.calls] == [("now", {})] and p.content is None
     assert toolformat.parse("llama3", "Hello.").content == "Hello."
+    for bare in (
+        '{"name": "now", "arguments": {}}',
+        '```json\n{"name": "now", "arguments": {}}\n```',
+    ):
+        p = toolformat.parse("hermes", bare)  # Qwen2.5-Coder often writes no tags
+        assert [(c.name, c.args) for c in p.calls] == [("now", {})] and p.content is None
     broken = "<tool_call>\n{not json}\n</tool_call>"
     assert toolformat.parse("hermes", broken) == toolformat.Parsed(broken, [])
-    for fam, whole in (("hermes", text), ("llama3", "It is {not a call"), ("hermes", "plain")):
+    cases = [("hermes", text), ("llama3", "It is {not a call"), ("hermes", "plain")]
+    cases += [("hermes", '{"name": "now", "arguments": {}}'), ("hermes", "{not a call} ok")]
+    for fam, whole in cases:
         split = toolformat.ContentStream(fam)
         streamed = "".join(split.feed(whole[i : i + 3]) for i in range(0, len(whole), 3))
         streamed += split.finish(toolformat.parse(fam, whole).content)
