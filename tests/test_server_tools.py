@@ -144,7 +144,7 @@ def sem_url(make_em):
         yield base
 
 
-# --- the smaller parts ------------------------------------------------------------------------------
+# --- the smaller parts -------------------------------------------------------------------------
 def test_an_unknown_model_answers_404_and_the_served_one_or_none_is_accepted(url):
     for path, body in (
         ("/v1/chat/completions", {"messages": ASK}),
