@@ -11,6 +11,7 @@ from .errors import (
     VocabMismatchError,
 )
 from .sampling import SamplingParams
+from .tools import ToolCall
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Stats",
     "Stream",
     "SamplingParams",
+    "ToolCall",
     "LocaleftError",
     "ModelFileError",
     "VocabMismatchError",

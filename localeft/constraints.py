@@ -42,7 +42,9 @@ class Penalties:
         """Validated settings; logit_bias ids below n_vocab (None: checked later, `within`)."""
         repeat = validate.number("repeat_penalty", kw.get("repeat_penalty", 1.0), 0.0, 1e6)
         if repeat <= 0:
-            raise InvalidParameterError(f"repeat_penalty must be > 0, got {repeat!r}")
+            raise InvalidParameterError(
+                f"repeat_penalty must be > 0, got {repeat!r}", param="repeat_penalty"
+            )
         last_n = validate.integer("repeat_last_n", kw.get("repeat_last_n", 64), -1)
         presence = validate.number("presence_penalty", kw.get("presence_penalty", 0.0), -1e6, 1e6)
         frequency = validate.number(
@@ -50,13 +52,17 @@ class Penalties:
         )
         bias = kw.get("logit_bias") or {}
         if not isinstance(bias, dict):
-            raise InvalidParameterError("logit_bias must be a mapping {token id: bias}")
+            raise InvalidParameterError(
+                "logit_bias must be a mapping {token id: bias}", param="logit_bias"
+            )
         checked = {}
         for key, value in bias.items():
             try:
                 tok = int(key) if isinstance(key, str) else key
             except ValueError:
-                raise InvalidParameterError(f"logit_bias key {key!r} is not a token id") from None
+                raise InvalidParameterError(
+                    f"logit_bias key {key!r} is not a token id", param="logit_bias"
+                ) from None
             tok = validate.integer(
                 "logit_bias token id", tok, 0, None if n_vocab is None else n_vocab - 1
             )

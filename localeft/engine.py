@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import placement
+from . import placement, toolformat
 from . import rpc as rpc_module
 from . import validate
 from .backend import Model
@@ -32,6 +32,7 @@ from .render import RolePrompts
 from .request import MAX_TOP_LOGPROBS, MODES, Request, build, check_prompt, check_text, is_ids
 from .scoring import Score, next_token_rows, score_tokens
 from .speculative import use_speculative
+from .tools import check_tools
 from .vocab import VocabCheck
 
 __all__ = ["Emulator", "Expert", "Generation", "Stats", "Stream", "MODES", "MAX_TOP_LOGPROBS"]
@@ -146,11 +147,14 @@ class Emulator:
             raise ClosedError("this Emulator is closed")
 
     # --- public API ------------------------------------------------------------------------
-    def prompt_tokens(self, prompt: str | Sequence[Message]) -> dict[str, list[int]]:
-        """The token ids each context sees for this prompt, by role label (base, ft, ref)."""
+    def prompt_tokens(
+        self, prompt: str | Sequence[Message], *, tools: Sequence[dict] | None = None
+    ) -> dict[str, list[int]]:
+        """The token ids each context sees for this prompt (and tools, for chat), by role
+        label (base, ft, ref)."""
         self._check_open()
         kind, checked = check_prompt(prompt)
-        prompts = self.prompts.tokens(kind, checked, self.group.indices("eft"))
+        prompts = self.prompts.tokens(kind, checked, self.group.indices("eft"), check_tools(tools))
         return {self.group.roles[i].label: toks for i, toks in prompts.items()}
 
     def logprobs(
@@ -256,7 +260,14 @@ class Emulator:
         req.penalties.within(group.n_vocab)
         indices = group.indices(req.mode)
         text_model = group.roles[group.base].model if req.mode == "base" else group.ft_model
-        prompts, replies = self.prompts.with_replies(req.kind, req.prompt, indices)
+        prompts, replies = self.prompts.with_replies(req.kind, req.prompt, indices, req.tools)
+        family, grammar = None, req.grammar
+        if req.tools and req.tool_choice != "none":
+            family = toolformat.family(group.ft_model.chat_template)  # rendering checked it
+            if req.forced_call:
+                grammar = toolformat.call_grammar(
+                    family, req.tools, req.tool_choice, req.parallel_tool_calls
+                )
         return Job(
             request=req,
             indices=indices,
@@ -265,8 +276,9 @@ class Emulator:
             beta=self.beta if req.beta is None else req.beta,
             speculative=req.mode == "eft"
             and use_speculative(req.speculative, self.gpu_offload, req.draft_tokens),
-            grammar=None if req.grammar is None else Grammar(text_model, req.grammar),
+            grammar=None if grammar is None else Grammar(text_model, grammar),
             text_model=text_model,
+            tool_family=family,
         )
 
     def close(self) -> None:

@@ -23,7 +23,12 @@ class ContextOverflowError(LocaleftError):
 
 
 class InvalidParameterError(LocaleftError, ValueError):
-    """A setting is out of range (beta, temperature, top_p, ...)."""
+    """A setting is out of range (beta, temperature, top_p, ...). `param` names the setting at
+    fault where one is (the server's 400s say it in OpenAI's `param` field)."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class ClosedError(LocaleftError):

@@ -9,9 +9,10 @@ prompt tokens, the grammar compiled for the vocabulary. `run` picks the decoder
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from . import toolformat
 from .backend import Model
 from .constraints import Constraints, GrammarDeadEnd
 from .decoding import PlainDecoder, Stats
@@ -24,16 +25,23 @@ from .sampling import Sampler
 from .scoring import Recorder, TokenInfo
 from .speculative import SpeculativeDecoder
 from .textstream import TextStream
+from .tools import ToolCall
 
 
 @dataclass
 class Generation:
+    """`text` is everything generated; with tools, `tool_calls` are the calls read from it
+    and `content` the rest (None when only calls were written; without tools, the text)."""
+
     text: str
     tokens: list[int]
-    finish_reason: str  # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted"
+    # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted" | "tool_calls"
+    finish_reason: str
     stats: Stats
     seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
     logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    content: str | None = None
 
 
 class Stream:
@@ -42,6 +50,7 @@ class Stream:
     def __init__(self, pieces: Iterator[str] | None = None):
         self._pieces = pieces if pieces is not None else iter(())
         self.generation: Generation | None = None
+        self.tool_family: str | None = None  # calls will be read from the text (toolformat)
         self.tokens: list[int] = []  # so far
         self.records: list[TokenInfo] = []  # so far, with logprobs=N (may run ahead of tokens)
 
@@ -68,11 +77,13 @@ class Job:
     speculative: bool
     grammar: Grammar | None
     text_model: Model  # its pieces make the text; its end-of-generation tokens end it
+    tool_family: str | None = None  # tool calls are read from the text (toolformat.py)
 
 
 def start(group: Ensemble, job: Job, check_open: Callable[[], None]) -> Stream:
     """A Stream over the job's pieces (nothing runs before the first is asked for)."""
     out = Stream()
+    out.tool_family = job.tool_family
     out._pieces = _run(group, job, out, check_open)
     return out
 
@@ -141,8 +152,14 @@ def _run(group: Ensemble, job: Job, out: Stream, check_open) -> Iterator[str]:
         if len(job.indices) > 1 and group.has_layouts:
             stats.layout, stats.layout_probe = group.layout, group.layout_probe
         records = None if recorder is None else recorder.records[: len(tokens)]
+        calls, content = [], text.text
+        if job.tool_family is not None:
+            parsed = toolformat.parse(job.tool_family, text.text)
+            calls, content = parsed.calls, parsed.content
+            if calls and finish in ("eog", "stop", "grammar"):
+                finish = "tool_calls"
         out.generation = Generation(
-            text.text, list(tokens), finish, stats, req.sampling.seed, records
+            text.text, list(tokens), finish, stats, req.sampling.seed, records, calls, content
         )
     if rest:
         yield rest

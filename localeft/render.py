@@ -24,30 +24,30 @@ class RolePrompts:
     def __init__(self, group, base_prompt: str, n_ctx: int):
         self.group, self.base_prompt, self.n_ctx = group, base_prompt, n_ctx
 
-    def rendered(self, kind: str, prompt) -> dict[str, Rendered]:
-        """The prompt for each kind of role ("ft", "base"): raw text as it is, chat through the
-        template."""
+    def rendered(self, kind: str, prompt, tools=()) -> dict[str, Rendered]:
+        """The prompt for each kind of role ("ft", "base"): raw text as it is, chat (and its
+        tools) through the template."""
         if kind == "text":
             raw = Rendered.raw(prompt)
             return {"ft": raw, "base": raw}
-        templated = render_pieces(self.group.ft_model, prompt)
+        templated = render_pieces(self.group.ft_model, prompt, tools=tools)
         return {
             "ft": templated,
             "base": templated if self.base_prompt == "template" else transcript_pieces(prompt),
         }
 
-    def tokens(self, kind: str, prompt, indices: Sequence[int]) -> dict[int, list[int]]:
+    def tokens(self, kind: str, prompt, indices: Sequence[int], tools=()) -> dict[int, list[int]]:
         """Token lists per context index (`kind` and `prompt` as request.check_prompt gives
         them), each leaving room for one more token in the context."""
-        return self.with_replies(kind, prompt, indices)[0]
+        return self.with_replies(kind, prompt, indices, tools)[0]
 
-    def with_replies(self, kind: str, prompt, indices: Sequence[int]):
+    def with_replies(self, kind: str, prompt, indices: Sequence[int], tools=()):
         """`tokens`, and per context the token spans of the assistant messages in it (reply
         stretches of the decode layout, layout.py): ({index: tokens}, {index: [spans]})."""
         if kind == "ids":
             ids = self.ids("prompt", prompt)
             return self.fitting({i: list(ids) for i in indices}), {i: [] for i in indices}
-        rendered = self.rendered(kind, prompt)
+        rendered = self.rendered(kind, prompt, tools)
         prompts = self.tokenized(rendered, indices)
         roles = self.group.roles
         spans: dict[tuple, list[Span]] = {}  # one computation per (model, rendering)
@@ -56,7 +56,9 @@ class RolePrompts:
             r = rendered[roles[i].kind]
             key = (id(roles[i].model), id(r))
             if key not in spans:
-                spans[key] = reply_spans(roles[i].model, r, prompts[i]) if r.replies else []
+                spans[key] = (
+                    reply_spans(roles[i].model, r, prompts[i]) if r.replies or r.prefixes else []
+                )
             replies[i] = spans[key]
         return prompts, replies
 

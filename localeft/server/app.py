@@ -28,8 +28,9 @@ from starlette.staticfiles import StaticFiles
 
 from ..engine import Emulator, Stream
 from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
+from .. import toolformat
 from ..scoring import token_texts
-from . import jobs, params, shapes
+from . import jobs, params, shapes, tokenizer
 from .shapes import APIError
 from .sse import EventStream, wait_disconnect
 from .worker import QueueFull, Worker
@@ -51,7 +52,8 @@ def api_error(e: BaseException) -> APIError:
         return APIError(400, str(e), code="context_length_exceeded")
     if isinstance(e, InvalidParameterError):
         word = str(e).split(" ", 1)[0]
-        return APIError(400, str(e), param=word if word in params.ENGINE_FIELDS else None)
+        param = e.param or (word if word in params.ENGINE_FIELDS else None)
+        return APIError(400, str(e), param=param)
     if isinstance(e, ClosedError):
         return APIError(503, "the server is shutting down", code="unavailable")
     if isinstance(e, LocaleftError):
@@ -195,16 +197,31 @@ class Server:
             }
         )
 
+    def check_model(self, body: dict) -> None:
+        """The `model` asked for is the one served (absent or null: that one too)."""
+        name = body.get("model")
+        if name is not None and name != self.model:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist: this server serves {self.model!r} "
+                "(localeft serve --model-name sets the name)",
+                param="model",
+                code="model_not_found",
+            )
+
     async def chat(self, request: Request) -> Response:
         self.authorize(request)
-        req = checked(params.chat, await self.body(request), self.em.n_ctx)
+        body = await self.body(request)
+        self.check_model(body)
+        req = checked(params.chat, body, self.em.n_ctx)
         stream = await self.bound(req.requests[0])
         top = req.top_logprobs
         work = jobs.run(self.em, req.prompts, [stream], records=top is not None)
         ticket = self.submit(work, [stream])
         rid = shapes.new_id("chatcmpl")
         if req.stream:
-            return EventStream(self._chat_chunks(ticket, rid, req), ticket.cancel)
+            chunks = self._chat_chunks(ticket, rid, req, stream.tool_family)
+            return EventStream(chunks, ticket.cancel)
         try:
             events = await self.collect(ticket, request)
         except ClientGone:
@@ -223,14 +240,20 @@ class Server:
         ext = shapes.extension(g, records if top is not None else None, beta=self._beta(req))
         return JSONResponse(shapes.chat_completion(rid, self.model, g, logprobs, ext))
 
-    async def _chat_chunks(self, ticket, rid: str, req: params.ApiRequest):
+    async def _chat_chunks(self, ticket, rid: str, req: params.ApiRequest, family):
         top = req.top_logprobs
-        yield shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""})
+        split = None if family is None else toolformat.ContentStream(family)
+        usage = {"usage": None} if req.include_usage else {}  # OpenAI: null until the last
+        yield {**shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""}), **usage}
         while True:
             ev = await ticket.next()
             if ev[0] == "piece":
                 _, _, text, records = ev
-                yield shapes.chat_chunk(
+                if split is not None:
+                    text = split.feed(text)
+                    if not text and not records:
+                        continue
+                chunk = shapes.chat_chunk(
                     rid,
                     self.model,
                     {"content": text},
@@ -239,15 +262,19 @@ class Server:
                     else shapes.chat_logprobs(records, top, self._piece),
                     ext={"tokens": [r.as_dict() for r in records]} if top is not None else None,
                 )
+                yield {**chunk, **usage}
             elif ev[0] == "done":
                 g = ev[2]
-                yield shapes.chat_chunk(
+                for delta in shapes.tool_deltas(g, split):
+                    yield {**shapes.chat_chunk(rid, self.model, delta), **usage}
+                chunk = shapes.chat_chunk(
                     rid,
                     self.model,
                     {},
                     finish=shapes.FINISH.get(g.finish_reason),
                     ext=shapes.extension(g, beta=self._beta(req)),
                 )
+                yield {**chunk, **usage}
                 if req.include_usage:
                     u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
                     yield shapes.chat_chunk(rid, self.model, None, usage_=u)
@@ -259,7 +286,9 @@ class Server:
 
     async def completions(self, request: Request) -> Response:
         self.authorize(request)
-        req = checked(params.completion, await self.body(request), self.em.n_ctx)
+        body = await self.body(request)
+        self.check_model(body)
+        req = checked(params.completion, body, self.em.n_ctx)
         streams = []
         try:
             for r in req.requests:
@@ -316,6 +345,8 @@ class Server:
             choice["localeft"] = shapes.extension(
                 g, records[i] if top is not None else None, beta=self._beta(req)
             )
+            if g is None and e is not None:  # echo only: what scoring the prompt cost
+                choice["localeft"]["stats"] = e.stats.as_dict()
             choices.append(choice)
             prompt_tokens += g.stats.prompt_tokens if g else len(e.ids)
             completion_tokens += len(g.tokens) if g else 0
@@ -326,29 +357,58 @@ class Server:
     async def _completion_chunks(self, ticket, rid: str, req: params.ApiRequest):
         top = req.top_logprobs
         offset = len(self._prompt_text(req.prompts[0])) if top is not None else 0
+        usage = {"usage": None} if req.include_usage else {}  # OpenAI: null until the last
+        echo = None
         while True:
             ev = await ticket.next()
-            if ev[0] == "piece":
+            if ev[0] == "echo":  # the prompt itself first (echo), with its scores
+                echo = ev[2]
+                logprobs = None if top is None else self._completion_logprobs(echo, [], top, 0)
+                offset = sum(len(t) for t in echo.texts)
+                choice = shapes.completion_choice(0, "".join(echo.texts), logprobs, None)
+                yield {**shapes.completion_chunk(rid, self.model, choice), **usage}
+            elif ev[0] == "piece":
                 _, _, text, records = ev
                 logprobs = None
                 if top is not None:
                     logprobs = self._completion_logprobs(None, records, top, offset)
                     offset += sum(len(r.text) for r in records)
                 choice = shapes.completion_choice(0, text, logprobs, None)
-                yield shapes.completion_chunk(rid, self.model, choice)
+                yield {**shapes.completion_chunk(rid, self.model, choice), **usage}
             elif ev[0] == "done":
                 g = ev[2]
-                choice = shapes.completion_choice(0, "", None, shapes.FINISH.get(g.finish_reason))
+                finish = shapes.FINISH.get(g.finish_reason) if g else "length"
+                choice = shapes.completion_choice(0, "", None, finish)
                 ext = shapes.extension(g, beta=self._beta(req))
-                yield shapes.completion_chunk(rid, self.model, choice, ext=ext)
+                if g is None and echo is not None:
+                    ext["stats"] = echo.stats.as_dict()
+                chunk = shapes.completion_chunk(rid, self.model, choice, ext=ext)
+                yield {**chunk, **usage}
                 if req.include_usage:
-                    u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
+                    n_prompt = g.stats.prompt_tokens if g else len(echo.ids)
+                    u = shapes.usage(n_prompt, len(g.tokens) if g else 0)
                     yield shapes.completion_chunk(rid, self.model, None, usage_=u)
             elif ev[0] == "error":
                 yield api_error(ev[1]).body()
                 return
             else:
                 return
+
+    async def tokenize(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.body(request)
+        model = jobs.text_model(self.em)
+        return JSONResponse(await asyncio.to_thread(checked, tokenizer.tokenize, model, body))
+
+    async def detokenize(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.body(request)
+        model = jobs.text_model(self.em)
+        return JSONResponse(checked(tokenizer.detokenize, model, body))
+
+    async def tokenizer_info(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse(tokenizer.info(jobs.text_model(self.em), self.em.n_ctx))
 
     # --- helpers -----------------------------------------------------------------------------
     def _piece(self, token: int) -> bytes:
@@ -425,6 +485,9 @@ def create_app(
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/tokenize", server.tokenize, methods=["POST"]),
+        Route("/detokenize", server.detokenize, methods=["POST"]),
+        Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(

@@ -11,9 +11,11 @@ then ("end",), or ("error", exception) instead of whatever had not come yet. A c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..decoding import Stats
 from ..engine import Emulator, Stream
 from ..errors import LocaleftError
 from ..scoring import token_texts
@@ -29,6 +31,7 @@ class Echo:
     texts: list[str]
     logprobs: list[float | None]
     tops: list[list[tuple[int, str, float]] | None]
+    stats: Stats = field(default_factory=Stats)  # what scoring it cost (no tokens generated)
 
 
 def text_model(em: Emulator):
@@ -46,17 +49,22 @@ def prompt_ids(em: Emulator, prompt) -> list[int]:
 
 def echo(em: Emulator, prompt, top: int | None, beta) -> Echo:
     """Score a prompt's own tokens: `Emulator.score(ids[:1], ids[1:])`."""
+    t0 = time.perf_counter()
     ids = prompt_ids(em, prompt)
     texts = token_texts(text_model(em), ids)
+    stats = Stats(prompt_tokens=len(ids))
     if top is None or len(ids) < 2:
         none = [None] * len(ids)
-        return Echo(ids, texts, none, list(none))
+        stats.seconds = stats.prompt_seconds = time.perf_counter() - t0
+        return Echo(ids, texts, none, list(none), stats)
     s = em.score(ids[:1], ids[1:], beta=beta, top=top)
+    stats.seconds = stats.prompt_seconds = time.perf_counter() - t0
     return Echo(
         ids,
         texts,
         [None] + [r.logprob for r in s.tokens],
         [None] + [r.top for r in s.tokens],
+        stats,
     )
 
 
