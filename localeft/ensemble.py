@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import layout, placement, rpc, validate
+from . import layout, outputcost, placement, rpc, rpclink, validate
 from .backend import Context, Model, check_gguf_file
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
@@ -125,6 +125,7 @@ class Ensemble:
         self.placement: list[dict] = []  # where the base model's layers are, when remote
         self.devices: list[rpc.Device] = []  # the RPC servers' devices it uses
         self.plan: placement.Plan | None = None
+        self.output: OutputPlace | None = None  # where the base's output layer is, when remote
         try:
             self._load(
                 base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
@@ -151,10 +152,11 @@ class Ensemble:
         for p in files:
             check_gguf_file(p)
         base_path = keys[0][0]
-        devices = remote.connect() if remote else []
+        devices, links = remote.connect() if remote else ([], {})
         contexts = [p for p, _ in dict.fromkeys((p, kind) for p, kind, _ in keys)]
-        self.vocab, plan = self._precheck(
-            files, contexts, n_ctx, n_gpu_layers, base_path, devices, remote and remote.split
+        cores = _threads(n_threads)
+        self.vocab, plan, self.output = self._precheck(
+            files, contexts, n_ctx, n_gpu_layers, base_path, devices, links, remote, cores
         )
         self.devices, self.plan = devices, plan
         watchdog = rpc.Watchdog(remote.timeout, remote.endpoints) if remote else None
@@ -166,18 +168,24 @@ class Ensemble:
                     devices=[d.handle for d in devices],
                     tensor_split=plan.weights,
                     repack=repack,
+                    output_here=self.output is not None and self.output.here,
                     watchdog=watchdog,
                 )
-                self.placement = placement.placement_rows(plan, devices, self.models[p].load_log)
+                self.placement = placement.placement_rows(
+                    plan,
+                    devices,
+                    self.models[p].load_log,
+                    output_here=self.output.here,
+                    links=links,
+                )
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
         unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
-        cores = _threads(n_threads)
         # Sizes are what each model computes here: a base all on RPC servers only waits.
         sizes = [self.models[p].size_bytes for p, _ in unique]
         if plan is not None:
-            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1)
+            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1) + self.output.nbytes
         step = step_threads(
             sizes,
             cores,
@@ -199,7 +207,9 @@ class Ensemble:
         # CPU layout: measured, unless forced (overlap=True/False) or moot (GPU, one core).
         self.layout = "overlap" if step is not None else "sequential"
         self.layout_probe: dict[str, float] | None = None
-        self._probe = list(PROBE) if step is not None and overlap is None else None
+        # A base that computes nothing here only waits for its servers: overlap, unmeasured.
+        probe = step is not None and overlap is None and sizes[0] > 0
+        self._probe = list(PROBE) if probe else None
         self._probe_times: dict[str, list[float]] = {"overlap": [], "sequential": []}
         if step is not None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
@@ -212,15 +222,18 @@ class Ensemble:
         n_gpu_layers: int,
         base_path: Path,
         devices: list[rpc.Device],
-        split: tuple[float, ...] | None,
+        links: dict[str, rpclink.Link | None],
+        remote: placement.Remote | None,
+        cores: int,
     ):
         """Vocabularies, trained context and memory, from each file's metadata and tokenizer
         alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
         in a second, not after minutes of loading weights. With RPC `devices`, also where the
-        base's layers go (rpc.plan): what goes there does not count here. Returns the
-        vocabulary check and that plan (None without RPC)."""
+        base's layers go (rpc.plan) and its output layer (placement.output_here): what goes
+        there does not count here. Returns the vocabulary check, that plan (None without RPC)
+        and the output choice."""
         heads = [Model(p, vocab_only=True) for p in files]
-        plan = None
+        plan, output = None, None
         try:
             vocab = check_vocabularies(heads)
             for m in heads:
@@ -232,7 +245,8 @@ class Ensemble:
                         stacklevel=4,
                     )
             kv_per_file = {m.path: m.kv_bytes(n_ctx) for m in heads}
-            n_layer = next(m.n_layer for m in heads if m.path == base_path)
+            head = next(m for m in heads if m.path == base_path)
+            n_layer, n_embd, n_vocab = head.n_layer, head.n_embd, head.n_vocab
         finally:
             for m in heads:
                 m.close()
@@ -240,10 +254,11 @@ class Ensemble:
         if devices:
             size, n_kv = base_path.stat().st_size, contexts.count(base_path)
             per_layer = size / (n_layer + 1) + n_kv * kv_per_file[base_path] / max(n_layer, 1)
-            plan = placement.plan(n_layer, devices, split, per_layer)
+            plan = placement.plan(n_layer, devices, remote.split, per_layer)
             placement.check_remote_memory(plan, devices, per_layer)
+            output = _output_place(remote, plan, devices, links, base_path, n_embd, n_vocab, cores)
             # The input embedding always stays here: about one layer's worth.
-            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2)
+            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2) + output.nbytes
             kv_per_file[base_path] = (
                 kv_per_file[base_path] * min(plan.local_layers, n_layer) // max(n_layer, 1)
             )
@@ -259,7 +274,7 @@ class Ensemble:
                 f"{free / gib:.1f} GiB of memory is available; use a smaller context (n_ctx), "
                 "smaller quantisations, GPU offload, or RPC servers (--rpc)"
             )
-        return vocab, plan
+        return vocab, plan, output
 
     # --- what the group is -----------------------------------------------------------------
     @property
@@ -418,6 +433,35 @@ class Ensemble:
             r.ctx.close()
         for m in self.models.values():
             m.close()
+
+
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where the base's output layer is (`choice`: here or not, and why) and the bytes of it
+    this machine holds and computes per token (0 when it is remote)."""
+
+    choice: placement.OutputChoice
+    nbytes: int
+
+    @property
+    def here(self) -> bool:
+        return self.choice.here
+
+
+def _output_place(remote, plan, devices, links, path, n_embd, n_vocab, cores) -> OutputPlace:
+    """Keep the output layer here or on its server (placement.output_here): "auto" measures
+    the layer's matrix-vector product on this CPU with every core."""
+    dev = placement.output_device(plan, devices)
+    if dev is None:
+        return OutputPlace(placement.OutputChoice(True, "its layers stay here"), 0)
+    layer = outputcost.output_layer(path, n_embd) if n_embd else None
+    link = links.get(dev.endpoint)
+    local = None
+    if remote.output == "auto" and link is not None and layer is not None:
+        local = outputcost.matvec_seconds(layer, cores)
+    saved = (n_vocab - n_embd) * 4
+    choice = placement.output_here(remote.output, dev.endpoint, link, saved, local)
+    return OutputPlace(choice, layer.nbytes if layer and choice.here else 0)
 
 
 def _threads(requested: int | None) -> int:

@@ -143,6 +143,15 @@ MODEL_OPTIONS = _stack(
         "one for this machine (default: all remote, by the servers' free memory).",
     ),
     opt(
+        "--rpc-output",
+        type=click.Choice(["auto", "local", "remote"]),
+        default="auto",
+        show_default=True,
+        help="Where the large base's output layer runs: here (a hidden state crosses the "
+        "network per token instead of the logits), on its server, or as the measured link "
+        "and this CPU say.",
+    ),
+    opt(
         "--rpc-timeout",
         type=click.FloatRange(min=0.1),
         default=rpc.DEFAULT_TIMEOUT,
@@ -300,7 +309,7 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
     base's layers went, when RPC servers hold some)."""
     em, settings = _open_emulator(o)
     if o.get("verbose") and em.placement:
-        click.echo(placement_line(em.placement), err=True)
+        click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
     return em, settings
 
 
@@ -326,6 +335,7 @@ def _open_emulator(o: dict) -> tuple[Emulator, dict]:
         rpc=list(o["rpc"]) or None,
         rpc_split=o["rpc_split"],
         rpc_timeout=o["rpc_timeout"],
+        rpc_output=o["rpc_output"],
     )
     if o["rpc_split"] and not o["rpc"]:
         raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
