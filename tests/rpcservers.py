@@ -26,10 +26,11 @@ def free_port() -> int:
 class Server:
     """One `localeft rpc-server` subprocess on a free loopback port."""
 
-    def __init__(self):
+    def __init__(self, *options: str):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "localeft", "rpc-server", "--port", str(self.port), "-t", "1"]
+        cmd += options
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from .. import rpc, rpcserver
+from .. import rpc, rpcgate, rpcserver
 from ..errors import LocaleftWarning
 from ..terminal import BETA
 from .options import MODEL_OPTIONS, Failure, open_emulator, opt
@@ -97,11 +97,29 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
     is_flag=True,
     help="Allow a --host other machines can reach (the protocol has no authentication).",
 )
-def rpc_server(host, port, threads, cache, trusted_network):
+@opt(
+    "--hello-timeout",
+    type=click.FloatRange(min=0.1),
+    default=rpcgate.HELLO_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Drop a connection that has not sent its handshake in this time.",
+)
+@opt(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=rpcgate.STALL_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Drop a client whose message stops halfway for this long (idle between messages is fine).",
+)
+def rpc_server(host, port, threads, cache, trusted_network, hello_timeout, stall_timeout):
     """Lend this machine's backend (its GPU when llama.cpp was built with one, else the CPU) to
     a localeft on another machine, which puts layers of its large base here with --rpc
     HOST:PORT: the weights and their KV cache live here, only activations cross the network.
-    One client at a time; Ctrl-C stops it. Listens on loopback unless told otherwise.
+    One client at a time; a connection that does not finish its handshake, or stops halfway
+    through a message, is dropped so the next client is served. Ctrl-C stops it. Listens on
+    loopback unless told otherwise.
 
     \b
     Examples:
@@ -130,12 +148,10 @@ def rpc_server(host, port, threads, cache, trusted_network):
             "authentication or encryption): use it only on a trusted network",
             err=True,
         )
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fail here, in plain words
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError as e:
-            raise Failure(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
+    try:  # fail here, in plain words
+        sock = rpcserver.listen(address, port)
+    except OSError as e:
+        raise Failure(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
     if cache:
         cache = os.path.expanduser(cache)
         try:
@@ -151,7 +167,7 @@ def rpc_server(host, port, threads, cache, trusted_network):
         "one client at a time, Ctrl-C stops it"
     )
     sys.stdout.flush()
-    why = rpcserver.serve(address, port, n, cache)
+    why = rpcserver.serve(sock, n, cache, hello_timeout, stall_timeout)
     if why != "signal":
         raise Failure(why)
     click.echo("localeft rpc-server: stopped")
