@@ -190,6 +190,7 @@ class Ensemble:
             sizes,
             cores,
             enabled=overlap is not False and not self.gpu_offload,
+            waits=plan is not None and plan.local_layers == 0,
         )
         self._split, self._cores = step, cores
         index = {}
@@ -486,17 +487,23 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
+def step_threads(
+    sizes: list[int], cores: int, enabled: bool, waits: bool = False
+) -> list[int] | None:
     """Threads for single-token steps when context 0 (the base) decodes concurrently with the
     rest, which run one after another: cores split in proportion to model size (decode time on
-    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
+    a CPU follows the bytes read). `waits`: the base's layers are on RPC servers and its thread
+    mostly waits for them (then computes its share here, such as the output layer, in a burst):
+    the others keep every core. None where overlap is off or there is nothing to split."""
     if not enabled or len(sizes) < 2:
         return None
     if sizes[0] == 0:  # the base computes on RPC servers: its thread only waits for them
         return [1] + [cores] * (len(sizes) - 1)
+    share = round(cores * sizes[0] / sum(sizes))
+    if waits:
+        return [min(max(share, 1), cores)] + [cores] * (len(sizes) - 1)
     if cores < 2:
         return None
-    share = round(cores * sizes[0] / sum(sizes))
     base = min(max(share, 1), cores - 1)
     return [base] + [cores - base] * (len(sizes) - 1)
 

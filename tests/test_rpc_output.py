@@ -122,3 +122,15 @@ def test_the_link_measurement_sees_the_delay_and_the_rate(servers):
     assert rpclink.measure(servers[0].endpoint).rtt < 0.02  # loopback itself
     with pytest.raises(rpclink.LinkError):
         rpclink.measure("127.0.0.1:1")
+
+
+def test_a_remote_base_with_its_output_layer_here_keeps_a_thread_of_its_own():
+    """The base's thread waits for the servers, then computes the output layer in a burst: it
+    gets a share of the cores, and the small models keep all of them (even on one core, where a
+    local base would have no overlap at all)."""
+    from localeft.ensemble import step_threads
+
+    sizes = [447 << 20, 670 << 20, 670 << 20]  # the 7B's Q6_K output layer, two 0.5B Q8_0
+    assert step_threads(sizes, 8, enabled=True, waits=True) == [2, 8, 8]
+    assert step_threads(sizes, 1, enabled=True, waits=True) == [1, 1, 1]
+    assert step_threads(sizes, 1, enabled=True) is None

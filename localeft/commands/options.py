@@ -314,8 +314,14 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
 
 
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:
-    """A grammar is checked against the fine-tuned model's vocabulary before any weights
-    load."""
+    kwargs, settings = emulator_kwargs(o)
+    return Emulator(**kwargs), settings
+
+
+def emulator_kwargs(o: dict) -> tuple[dict, dict]:
+    """The Emulator's arguments the options describe (files resolved, downloads done), and the
+    preset's settings. A grammar is checked against the fine-tuned model's vocabulary before
+    any weights load."""
     o["constraints"] = constraint_kwargs(o)
     paths, settings = resolve_models(o)
     if o["constraints"].get("grammar"):
@@ -340,8 +346,8 @@ def _open_emulator(o: dict) -> tuple[Emulator, dict]:
     if o["rpc_split"] and not o["rpc"]:
         raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
     if o["experts"]:
-        return Emulator(base=paths["large_base"], experts=list(o["experts"]), **common), settings
-    return Emulator(**paths, **common), settings
+        return dict(base=paths["large_base"], experts=list(o["experts"]), **common), settings
+    return dict(**paths, **common), settings
 
 
 def sampling(o: dict, settings: dict) -> dict:

@@ -12,7 +12,8 @@ import click
 from .. import rpc, rpcgate, rpcserver
 from ..errors import LocaleftWarning
 from ..terminal import BETA
-from .options import MODEL_OPTIONS, Failure, open_emulator, opt
+from ..terminal import placement_line
+from .options import MODEL_OPTIONS, Failure, emulator_kwargs, open_emulator, opt
 
 
 @click.command()
@@ -58,7 +59,7 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             LocaleftWarning,
             stacklevel=1,
         )
-    em, _ = open_emulator(o)
+    em = _engine(o)
     with em:
         click.echo(
             f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
@@ -74,6 +75,24 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             queue=queue,
             log_level="info" if verbose else "warning",
         )
+
+
+def _engine(o: dict):
+    """With --rpc, the Emulator runs in a supervised worker process (server/supervisor.py):
+    when an RPC server dies or freezes, llama.cpp ends that process, not the server, which
+    answers 503 meanwhile and restarts it. Without, in this process."""
+    if not o["rpc"]:
+        em, _ = open_emulator(o)
+        return em
+    from ..server.supervisor import RemoteEmulator, Supervisor
+
+    kwargs, _ = emulator_kwargs(o)
+    supervisor = Supervisor(kwargs)
+    supervisor.start()
+    em = RemoteEmulator(supervisor)
+    if o.get("verbose") and em.placement:
+        click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
+    return em
 
 
 @click.command("rpc-server")
