@@ -13,7 +13,9 @@ output placement (a server serves one client): it loads over the unshaped link, 
 is re-shaped between runs, so profiles and variants interleave (rotated each rep) within a load;
 the loads alternate (remote, local, remote, local with --rounds 2). Bytes per token are the
 kernel's TCP counters of llama.cpp's sockets. Everything shares this machine's cores: the
-network's cost shows as the difference between profiles, not as what separate machines gain.
+network's cost shows as the difference between profiles; --pin puts the servers on a core of
+their own (the client on the rest) so that what runs here meanwhile (overlap) shows as on
+separate machines, the local load then getting every core.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("-c", "--ctx-size", type=int, default=1024)
     ap.add_argument("-t", "--threads", type=int, default=1, help="client threads")
     ap.add_argument("--server-threads", type=int, default=1)
+    ap.add_argument("--variants", default=",".join(RPC_VARIANTS))
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on the last core, this client on the others while RPC runs (as if on "
+        "other machines); the local load gets every core",
+    )
     ap.add_argument("--no-local", action="store_true", help="skip the all-local load")
     ap.add_argument("--exactness", action="store_true", help="also a local load, no repacking")
     ap.add_argument("--json", help="write the results here")
@@ -88,14 +97,18 @@ def main() -> None:
         lab.close()
 
 
-def start_servers(lab: Lab, threads: int) -> list[subprocess.Popen]:
+def start_servers(lab: Lab, threads: int, cores: set[int] | None) -> list[subprocess.Popen]:
     procs = []
     for port in PORTS:
         cmd = [sys.executable, "-m", "localeft", "rpc-server", "--port", str(port)]
         cmd += ["-t", str(threads)]
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
         procs.append(
             subprocess.Popen(
-                lab.server_cmd(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                lab.server_cmd(cmd),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=pin,
             )
         )
     return procs
@@ -151,14 +164,14 @@ def links_per_profile(lab: Lab, endpoints: list[str], profiles, a) -> dict:
 
 def measure_rpc(lab, em, profiles, a, result, key) -> None:
     ports = set(PORTS)
-    for name in RPC_VARIANTS:  # warm-up: caches hold the prompt, the layouts exist
+    chosen = a.variants.split(",")
+    for name in chosen:  # warm-up: caches hold the prompt, the layouts exist
         run_variant(em, name, 2)
     for rep in range(a.reps):
         order = profiles[rep % len(profiles) :] + profiles[: rep % len(profiles)]
         for p in order:
             lab.shape(PROFILES[p])
-            variants = list(RPC_VARIANTS)
-            variants = variants[rep % len(variants) :] + variants[: rep % len(variants)]
+            variants = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]
             for name in variants:
                 before = tcp_counters(ports)
                 g = run_variant(em, name, a.tokens)
@@ -179,10 +192,12 @@ def measure_rpc(lab, em, profiles, a, result, key) -> None:
 
 
 def measure_local(em, a, result) -> None:
-    for name in LOCAL_VARIANTS:
+    chosen = [v for v in LOCAL_VARIANTS if v == "eft" or v in a.variants.split(",")]
+    for name in chosen:
         run_variant(em, name, 2)
     for rep in range(a.reps):
-        for name in LOCAL_VARIANTS[rep % 3 :] + LOCAL_VARIANTS[: rep % 3]:
+        k = rep % len(chosen)
+        for name in chosen[k:] + chosen[:k]:
             g = run_variant(em, name, a.tokens)
             n = max(g.stats.generated_tokens, 1)
             result.setdefault("local", {}).setdefault(name, []).append(
@@ -215,9 +230,13 @@ def inside(a: argparse.Namespace) -> None:
     profiles = a.profiles.split(",")
     outputs = a.outputs.split(",")
     lab = Lab(attach=tuple(a.inside))
-    servers = start_servers(lab, a.server_threads)
+    every = os.sched_getaffinity(0)
+    server_cores = {max(every)} if a.pin and len(every) > 1 else None
+    servers = start_servers(lab, a.server_threads, server_cores)
+    if server_cores:
+        os.sched_setaffinity(0, every - server_cores)
     raw: dict = {}
-    info: dict = {"uptime_start": os.getloadavg(), "cores": default_threads()}
+    info: dict = {"uptime_start": os.getloadavg(), "cores": default_threads(), "pin": a.pin}
     exact: dict[str, list[np.ndarray]] = {}
     trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
     trio.update(n_ctx=a.ctx_size, n_threads=a.threads)
@@ -234,13 +253,15 @@ def inside(a: argparse.Namespace) -> None:
                     info.setdefault("placement", {})[output] = em.placement
                     exact.setdefault(f"rpc_output_{output}", exact_rows(em))
                     measure_rpc(lab, em, profiles, a, raw, f"rpc_output_{output}")
+        os.sched_setaffinity(0, every)
+        local = {**trio, "n_threads": len(every) if a.pin else a.threads}
         if not a.no_local:
             log("loading: all local")
-            with Emulator(**trio) as em:
+            with Emulator(**local) as em:
                 exact["local"] = exact_rows(em)
                 measure_local(em, a, raw)
         if a.exactness:
-            with Emulator(**trio, repack=False) as em:
+            with Emulator(**local, repack=False) as em:
                 exact["local_no_repack"] = exact_rows(em)
     finally:
         for p in servers:

@@ -23,8 +23,8 @@ GGML_F32 = 0
 # struct rpc_tensor (packed): id, type, buffer, ne[4], nb[4], op, op_params[16], flags,
 # src[10], view_src, view_offs, data, name[64], padding
 _TENSOR = struct.Struct("<QIQ4I4II16ii10QQQQ64si")
-FIRST, LARGEST = 256 << 10, 16 << 20  # bytes of the first and the largest read
-ENOUGH = 0.04  # seconds: a read this long measures the bandwidth, not the round trip
+FIRST, LARGEST = 64 << 10, 16 << 20  # bytes of the first and the largest read
+ENOUGH = 0.1  # seconds: a read this long measures the bandwidth (not the round trip, TCP's start)
 
 
 class LinkError(OSError):
