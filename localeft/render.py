@@ -39,27 +39,29 @@ class RolePrompts:
     def tokens(self, kind: str, prompt, indices: Sequence[int], tools=()) -> dict[int, list[int]]:
         """Token lists per context index (`kind` and `prompt` as request.check_prompt gives
         them), each leaving room for one more token in the context."""
-        return self.with_replies(kind, prompt, indices, tools)[0]
+        return self.with_replies(kind, prompt, indices, tools, spans=False)[0]
 
-    def with_replies(self, kind: str, prompt, indices: Sequence[int], tools=()):
+    def with_replies(self, kind: str, prompt, indices: Sequence[int], tools=(), spans=True):
         """`tokens`, and per context the token spans of the assistant messages in it (reply
         stretches of the decode layout, layout.py): ({index: tokens}, {index: [spans]})."""
         if kind == "ids":
             ids = self.ids("prompt", prompt)
             return self.fitting({i: list(ids) for i in indices}), {i: [] for i in indices}
         rendered = self.rendered(kind, prompt, tools)
+        if not spans:
+            return self.tokenized(rendered, indices), {}
         prompts = self.tokenized(rendered, indices)
         roles = self.group.roles
-        spans: dict[tuple, list[Span]] = {}  # one computation per (model, rendering)
+        found: dict[tuple, list[Span]] = {}  # one computation per (model, rendering)
         replies = {}
         for i in indices:
             r = rendered[roles[i].kind]
             key = (id(roles[i].model), id(r))
-            if key not in spans:
-                spans[key] = (
+            if key not in found:
+                found[key] = (
                     reply_spans(roles[i].model, r, prompts[i]) if r.replies or r.prefixes else []
                 )
-            replies[i] = spans[key]
+            replies[i] = found[key]
         return prompts, replies
 
     def tokenized(self, rendered: dict[str, Rendered], indices) -> dict[int, list[int]]:
