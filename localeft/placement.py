@@ -16,7 +16,6 @@ from .rpc import DEFAULT_TIMEOUT, Device, connect, endpoints, probe, require
 from .rpclink import Link, LinkError, measure
 
 OUTPUTS = ("auto", "local", "remote")
-MARGIN = 2.0  # auto: the layer here must take under 1/MARGIN of the logits' network time
 
 
 @dataclass(frozen=True)
@@ -85,23 +84,22 @@ def output_here(
     local_seconds: float | None,
 ) -> OutputChoice:
     """Keep the output layer here or not. "local"/"remote" as asked; "auto" keeps it here when
-    computing it here (`local_seconds`, the best of a micro-benchmark) takes less than half the
-    time the `saved_bytes` of logits take over the measured link to `endpoint` (the server that
-    would compute it): in the decode loop, beside the small models, the layer took 2.5-4x its
-    micro-benchmark here (docs/DISTRIBUTED.md). That assumes the server computes the layer in
-    no time (a GPU); with CPU servers "local" pays more often. Without a measurement,
-    llama.cpp's own placement: remote."""
+    computing it here (`local_seconds`, a micro-benchmark beyond the caches) takes less time
+    than the `saved_bytes` of logits over the measured link to `endpoint` (the server that would
+    compute it). That assumes the server computes the layer in no time (a GPU); with CPU
+    servers "local" pays more often (docs/DISTRIBUTED.md). Without a measurement, llama.cpp's
+    own placement: remote."""
     if choice != "auto":
         return OutputChoice(choice == "local", f"rpc_output={choice!r}")
     if link is None or local_seconds is None:
         return OutputChoice(False, f"auto: the link to {endpoint} could not be measured")
     network = saved_bytes / link.down
-    here = MARGIN * local_seconds < network
+    here = local_seconds < network
     return OutputChoice(
         here,
         f"auto: {saved_bytes / 1e3:,.0f} KB more per token from {endpoint} take "
         f"{network * 1000:.1f} ms ({link.describe()}); the layer takes "
-        f"{local_seconds * 1000:.1f} ms here (kept here below half the network time)",
+        f"{local_seconds * 1000:.1f} ms here",
     )
 
 
