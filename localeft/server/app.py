@@ -158,10 +158,12 @@ class Server:
     def submit(self, work, streams) -> object:
         try:
             return self.worker.submit(work)
-        except QueueFull as e:
+        except (QueueFull, ClosedError) as e:
             for s in streams:
                 if s is not None:
                     s.close()
+            if isinstance(e, ClosedError):
+                raise api_error(e) from None
             raise APIError(
                 503,
                 f"the server is busy ({self.queue} requests waiting); {e}",

@@ -75,12 +75,12 @@ class Worker:
 
     def submit(self, work: Callable[[Ticket], None]) -> Ticket:
         """Queue `work` (called with its ticket in the worker thread); QueueFull if the line
-        already holds `limit` requests behind the running one."""
+        already holds `limit` requests behind the running one, ClosedError once stopped."""
         ticket = Ticket(work, asyncio.get_running_loop())
         ticket.on_cancel = self._drop
         with self._cond:
             if self._closed:
-                raise QueueFull(1)
+                raise ClosedError("the server is shutting down")
             if len(self._line) + (self._running is not None) > self.limit:
                 self.counts["rejected"] += 1
                 wait = self._mean_seconds * (len(self._line) + 1)
