@@ -43,6 +43,7 @@ class RolePrompts:
                 f"context holds {self.n_ctx}; shorten it or raise n_ctx",
                 tokens=at_least,
                 n_ctx=self.n_ctx,
+                at_least=True,
             )
 
     def measure_tokens(self) -> None:

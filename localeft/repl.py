@@ -212,14 +212,16 @@ class ChatSession:
         while True:
             try:
                 longest = max(map(len, self.em.prompt_tokens(self.request()).values()))
+                at_least = False
             except ContextOverflowError as e:
-                longest = e.tokens or n_ctx
+                longest, at_least = e.tokens or n_ctx, e.at_least
             if longest + room <= n_ctx or (longest < n_ctx and len(self.messages) == 1):
                 break
             if len(self.messages) == 1:
                 click.echo(
-                    f"localeft: error: this message is {longest} tokens but the context holds "
-                    f"{n_ctx}; shorten it or restart with a larger -c/--ctx-size",
+                    f"localeft: error: this message is {'at least ' * at_least}{longest} tokens "
+                    f"but the context holds {n_ctx}; shorten it or restart with a larger "
+                    "-c/--ctx-size",
                     err=True,
                 )
                 return False

@@ -99,6 +99,14 @@ def test_a_prompt_far_over_the_context_is_refused_before_it_is_tokenized(em, mon
     assert longest >= len("<|im_start|>") and em.generate(fits[:100], max_tokens=1)
 
 
+def test_the_cli_and_the_chat_say_a_refused_prompt_is_at_least_so_long(tiny):
+    huge = "the cat is a dog " * 20_000
+    r = invoke("generate", *trio(tiny), "--raw", huge)
+    assert_one_line_error(r, 1, "the prompt is at least", "-c/--ctx-size")
+    r = chat(tiny, huge + "\nhello\n")
+    assert "this message is at least" in r.stderr and r.exit_code == 0
+
+
 def test_speculative_stats_count_only_the_tokens_taken(em):
     """A grammar that ends after one token: drafting stops at the end of the reply, and the
     stats count what the reply used, never tokens past its end (were: 4 drafted, 4 accepted
