@@ -73,14 +73,14 @@ def write_json(path: Path, data: dict, *, replace: bool, mkdir: bool = False) ->
     anything (FileExistsError as ChatFileError); `replace=True` replaces a regular file only."""
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    if replace:
-        existing(path)  # still a regular file, or refused
+    replacing = replace and existing(path)  # (still) a regular file, or refused
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise ChatFileError(f"cannot save to {path}: {e.strerror or e}") from None
     try:
-        with open(fd, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:  # mkstemp's mode is 0600: the usual one
+            os.fchmod(f.fileno(), _mode(path) if replacing else 0o666 & ~_umask())
             json.dump(data, f, ensure_ascii=False, indent=2)
         if replace:
             os.replace(tmp, path)
@@ -93,6 +93,17 @@ def write_json(path: Path, data: dict, *, replace: bool, mkdir: bool = False) ->
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _mode(path: Path) -> int:
+    """The permissions of the file being replaced (kept)."""
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _place_new(tmp: str, path: Path) -> None:
@@ -130,7 +141,7 @@ def read_chat(path: str | Path) -> SavedChat:
     except RecursionError:
         raise ChatFileError(f"{path}: not a saved chat (nested too deeply)") from None
     except OSError as e:
-        raise ChatFileError(f"cannot read {path}: {e.strerror or e}") from None
+        raise ChatFileError(f"{path}: {e.strerror or e}") from None
     messages = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(messages, list):
         raise ChatFileError(f'{path}: not a saved chat (no "messages" list)')

@@ -222,11 +222,16 @@ def test_save_asks_before_replacing_a_file_and_leaves_nothing_beside_it(tiny, tm
     beside.write_text("mine")
     r = chat(tiny, f"hello\n/save {saved}\n")
     assert json.loads(saved.read_text())["messages"][0]["content"] == "hello"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file (not 0600)
+    saved.chmod(0o640)
     r = chat(tiny, f"the cat\n/save {saved}\n")  # not a terminal: refused, with the way out
     assert "exists" in r.stderr and f"/save -f {saved}" in r.stderr
     assert json.loads(saved.read_text())["messages"][0]["content"] == "hello"
     r = chat(tiny, f"the cat\n/save -f {saved}\n")
     assert r.exit_code == 0 and json.loads(saved.read_text())["messages"][0]["content"] == "the cat"
+    assert saved.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
     assert beside.read_text() == "mine"
     assert names(tmp_path) == ["chat.json", "chat.json.tmp"]
 
