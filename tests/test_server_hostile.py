@@ -116,7 +116,7 @@ def test_slow_request_checks_leave_the_event_loop_free(url, monkeypatch):
     real = params.chat
 
     def slow(body, n_ctx):
-        time.sleep(1.5)
+        time.sleep(3)
         return real(body, n_ctx)
 
     monkeypatch.setattr(params, "chat", slow)
@@ -129,7 +129,7 @@ def test_slow_request_checks_leave_the_event_loop_free(url, monkeypatch):
     assert httpx.get(url + "/health", timeout=10).status_code == 200
     latency = time.perf_counter() - t0
     t.join(30)
-    assert latency < 0.5, f"/health took {latency:.2f} s while a request was being checked"
+    assert latency < 1.5, f"/health took {latency:.2f} s while a request was being checked"
 
 
 def test_prompts_are_prepared_a_few_at_a_time(sem, monkeypatch):
