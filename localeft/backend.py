@@ -171,16 +171,19 @@ class Model:
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, special)
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
-        """The bytes a token contributes to the output (control tokens render as nothing)."""
-        cached = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token contributes to the output (control tokens render as nothing; with
+        `special`, as their text: what a prompt that parsed them had written)."""
+        cached = self._pieces.get(token) if not special else None
         if cached is None:
             buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            cached = buf.raw[:n]
+            if not special:
+                self._pieces[token] = cached
         return cached
 
     def detokenize(self, tokens: list[int]) -> str:

@@ -287,7 +287,12 @@ class Emulator:
             replies=replies,
             beta=self.beta if req.beta is None else req.beta,
             speculative=req.mode == "eft"
-            and use_speculative(req.speculative, self.gpu_offload, req.draft_tokens),
+            and use_speculative(
+                req.speculative,
+                self.gpu_offload,
+                req.draft_tokens,
+                masked_sampling=grammar is not None and not req.sampling.greedy,
+            ),
             grammar=None if grammar is None else Grammar(text_model, grammar),
             text_model=text_model,
             tool_family=family,

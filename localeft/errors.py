@@ -15,11 +15,19 @@ class VocabMismatchError(LocaleftError):
 
 class ContextOverflowError(LocaleftError):
     """A prompt (or prompt plus generation) does not fit the context window. `tokens` and
-    `n_ctx` say by how much, for callers that phrase their own advice (the CLI names -c)."""
+    `n_ctx` say by how much, for callers that phrase their own advice (the CLI names -c);
+    `at_least`: `tokens` is a lower bound (a prompt refused before it was tokenized)."""
 
-    def __init__(self, message: str, *, tokens: int | None = None, n_ctx: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        tokens: int | None = None,
+        n_ctx: int | None = None,
+        at_least: bool = False,
+    ):
         super().__init__(message)
-        self.tokens, self.n_ctx = tokens, n_ctx
+        self.tokens, self.n_ctx, self.at_least = tokens, n_ctx, at_least
 
 
 class InvalidParameterError(LocaleftError, ValueError):

@@ -38,6 +38,8 @@ def _content(m: dict, i: int) -> str:
     if isinstance(c, str):
         return c
     if isinstance(c, (list, tuple)):
+        if not c:  # no part at all: not a message (text may be "", parts may not be missing)
+            raise InvalidParameterError(f"message {i}: content is an empty list of parts")
         texts = []
         for part in c:
             if isinstance(part, str):

@@ -11,11 +11,12 @@ import click
 from . import tokenview
 from .engine import Emulator, Generation, Stats
 from .speculative import MAX_DRAFT
+from .validate import MAX_WEIGHT
 
 MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
 
 # One definition per number, shared by the options and the chat REPL's /set.
-BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
+BETA, TEMP = click.FloatRange(0, MAX_WEIGHT), click.FloatRange(min=0)
 TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
 TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
 DRAFT = click.IntRange(1, MAX_DRAFT)

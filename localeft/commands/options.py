@@ -32,8 +32,8 @@ def context_message(e: ContextOverflowError) -> str:
     if e.tokens is None:
         return f"{e} (-c/--ctx-size sets the context size)"
     return (
-        f"the prompt is {e.tokens} tokens but the context holds {e.n_ctx}; "
-        "shorten it or raise -c/--ctx-size"
+        f"the prompt is {'at least ' * e.at_least}{e.tokens} tokens but the context holds "
+        f"{e.n_ctx}; shorten it or raise -c/--ctx-size"
     )
 
 

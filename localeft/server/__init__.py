@@ -10,6 +10,8 @@ Needs the `server` extra (Starlette, uvicorn): `pip install 'localeft[server]'`.
 | `jobs.py` | what the worker runs: Emulator calls -> events |
 | `shapes.py` | OpenAI's response shapes (and the `localeft` extension) |
 | `sse.py` | server-sent events, watching for clients that leave |
+| `limits.py` | below the app: headers in time, a cap on open connections |
+| `running.py` | uvicorn as `localeft serve` runs it: those limits, signals that stop generating |
 | `static/` | the chat page (no build step, nothing fetched from the internet) |
 """
 
@@ -40,13 +42,10 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(em, *, host: str, port: int, model: str, api_key=None, queue=16, log_level="warning"):
-    """Serve `em` until interrupted (Ctrl-C)."""
-    import uvicorn
-
+    """Serve `em` until stopped (SIGTERM or Ctrl-C: running.py)."""
+    from . import running
     from .app import create_app
 
     app = create_app(em, model=model, api_key=api_key, queue=queue)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=log_level == "info"
-    )
-    uvicorn.Server(config).run()
+    config = running.config(app, host=host, port=port, log_level=log_level)
+    running.Serving(config, app.state.server.stop).run()

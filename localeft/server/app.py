@@ -30,7 +30,6 @@ from ..engine import Emulator, Stream
 from ..errors import ClosedError, ContextOverflowError, EngineUnavailable, InvalidParameterError
 from ..errors import LocaleftError
 from .. import toolformat
-from ..scoring import token_texts
 from . import jobs, params, shapes, tokenizer
 from .shapes import APIError
 from .sse import EventStream, wait_disconnect
@@ -39,6 +38,8 @@ from .worker import QueueFull, Worker
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # bytes: a long prompt is a few hundred KB
 QUEUE = 16  # requests waiting behind the running one
+PREPARING = 2  # requests whose settings and prompt are checked at once (threads)
+BODY_SECONDS = 60.0  # a request's body must arrive within this (headers: limits.py)
 
 
 class ClientGone(Exception):
@@ -76,10 +77,19 @@ def checked(fn, *args, **kwargs):
 class Server:
     """The handlers, over one Emulator and its worker."""
 
-    def __init__(self, em: Emulator, model: str, api_key: str | None, queue: int, max_body: int):
+    def __init__(
+        self,
+        em: Emulator,
+        model: str,
+        api_key: str | None,
+        queue: int,
+        max_body: int,
+        body_seconds: float = BODY_SECONDS,
+    ):
         self.em, self.model, self.api_key = em, model, api_key
-        self.queue, self.max_body = queue, max_body
+        self.queue, self.max_body, self.body_seconds = queue, max_body, body_seconds
         self.worker: Worker | None = None
+        self.preparing = asyncio.Semaphore(PREPARING)
         self.created = int(time.time())
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -105,11 +115,15 @@ class Server:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             raise self._too_large()
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > self.max_body:
-                raise self._too_large()
+        try:
+            data = await asyncio.wait_for(self._read(request), self.body_seconds)
+        except asyncio.TimeoutError:
+            raise APIError(
+                408,
+                f"the request body did not arrive within {self.body_seconds:g} s",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            ) from None
         try:
             body = json.loads(data)
         except (ValueError, RecursionError) as e:
@@ -121,23 +135,39 @@ class Server:
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
         return body
 
+    async def _read(self, request: Request) -> bytearray:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_body:
+                raise self._too_large()
+        return data
+
     def _too_large(self) -> APIError:
         return APIError(
             413, f"the request body is over {self.max_body} bytes", code="request_too_large"
         )
 
+    async def prepared(self, fn, *args):
+        """fn(*args) in a thread beside the event loop, errors answered at once as 400s: for
+        what may take a while (settings checked, a JSON schema converted, a prompt rendered and
+        tokenized). At most PREPARING run at once; the rest wait here, without a thread."""
+        async with self.preparing:
+            return await asyncio.to_thread(checked, fn, *args)
+
     async def bound(self, req) -> Stream:
-        """The request's Stream: its prompt rendered and tokenized off the event loop (a long
-        prompt takes seconds), errors answered at once as 400s."""
-        return await asyncio.to_thread(checked, self.em.stream, req)
+        """The request's Stream: its prompt rendered and tokenized off the event loop."""
+        return await self.prepared(self.em.stream, req)
 
     def submit(self, work, streams) -> object:
         try:
             return self.worker.submit(work)
-        except QueueFull as e:
+        except (QueueFull, ClosedError) as e:
             for s in streams:
                 if s is not None:
                     s.close()
+            if isinstance(e, ClosedError):
+                raise api_error(e) from None
             raise APIError(
                 503,
                 f"the server is busy ({self.queue} requests waiting); {e}",
@@ -163,6 +193,12 @@ class Server:
                     return events
         finally:
             watcher.cancel()
+
+    def stop(self) -> None:
+        """The server is shutting down (SIGTERM, Ctrl-C): the running generation stops at its
+        next token, its client gets the end of the reply; waiting requests are answered 503."""
+        if self.worker is not None:
+            self.worker.stop()
 
     # --- endpoints ---------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
@@ -221,7 +257,7 @@ class Server:
         self.authorize(request)
         body = await self.body(request)
         self.check_model(body)
-        req = checked(params.chat, body, self.em.n_ctx)
+        req = await self.prepared(params.chat, body, self.em.n_ctx)
         stream = await self.bound(req.requests[0])
         top = req.top_logprobs
         work = jobs.run(self.em, req.prompts, [stream], records=top is not None)
@@ -296,7 +332,7 @@ class Server:
         self.authorize(request)
         body = await self.body(request)
         self.check_model(body)
-        req = checked(params.completion, body, self.em.n_ctx)
+        req = await self.prepared(params.completion, body, self.em.n_ctx)
         streams = []
         try:
             for r in req.requests:
@@ -343,7 +379,7 @@ class Server:
                 gens[ev[1]] = ev[2]
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, (prompt, e, g) in enumerate(zip(req.prompts, echoes, gens)):
-            text = ("".join(e.texts) if e else "") + (g.text if g else "")
+            text = (e.text if e else "") + (g.text if g else "")
             logprobs = None
             if top is not None:
                 start = 0 if e else len(self._prompt_text(prompt))
@@ -373,7 +409,7 @@ class Server:
                 echo = ev[2]
                 logprobs = None if top is None else self._completion_logprobs(echo, [], top, 0)
                 offset = sum(len(t) for t in echo.texts)
-                choice = shapes.completion_choice(0, "".join(echo.texts), logprobs, None)
+                choice = shapes.completion_choice(0, echo.text, logprobs, None)
                 yield {**shapes.completion_chunk(rid, self.model, choice), **usage}
             elif ev[0] == "piece":
                 _, _, text, records = ev
@@ -425,7 +461,7 @@ class Server:
     def _prompt_text(self, prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        return "".join(token_texts(jobs.text_model(self.em), prompt))
+        return "".join(jobs.prompt_texts(self.em, prompt, prompt))
 
     def _beta(self, req: params.ApiRequest) -> float:
         beta = req.requests[0].beta
@@ -475,13 +511,16 @@ def create_app(
     api_key: str | None = None,
     queue: int = QUEUE,
     max_body: int = MAX_BODY,
+    body_seconds: float = BODY_SECONDS,
 ) -> Starlette:
-    """The ASGI app serving `em` (one request at a time; `queue` more may wait)."""
-    server = Server(em, model, api_key, queue, max_body)
+    """The ASGI app serving `em` (one request at a time; `queue` more may wait);
+    `app.state.server.stop()` stops it generating (the server is shutting down)."""
+    server = Server(em, model, api_key, queue, max_body, body_seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         server.worker = Worker(queue)
+        await asyncio.to_thread(em.prompts.measure_tokens)  # for refusing huge prompts at once
         try:
             yield
         finally:

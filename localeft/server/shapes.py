@@ -19,6 +19,7 @@ from ..scoring import TokenInfo
 # engine finish reasons -> OpenAI's ("grammar": no token could continue it, the output ends)
 FINISH = {"eog": "stop", "stop": "stop", "grammar": "stop", "length": "length", "context": "length"}
 FINISH["tool_calls"] = "tool_calls"
+FINISH["interrupted"] = "stop"  # the server shut down mid-reply: the reply ends there
 
 
 class APIError(Exception):
