@@ -10,6 +10,7 @@ Real `localeft rpc-server` subprocesses on loopback; the link is tests/linkproxy
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -242,3 +243,41 @@ def test_serve_with_rpc_runs_the_engine_in_a_worker_process(tiny, tmp_path, monk
     assert r.exit_code == 1 and len(seen) == 1
     assert r.stderr.startswith(f"localeft: error: cannot reach RPC server {closed}")
     assert len(r.stderr.splitlines()) == 1
+
+
+def test_ctrl_c_ends_the_reply_as_without_rpc(tiny, tmp_path):
+    """Ctrl-C reaches the whole process group, the engine's worker included: the worker leaves
+    the stop to the server, whose client gets the reply so far and its end, not an error."""
+    from rpcservers import free_port
+
+    server = Server()
+    port = free_port()
+    cmd = [sys.executable, "-m", "localeft", "serve", "--port", str(port), "-c", "2048"]
+    cmd += ["--rpc", server.endpoint, "--rpc-output", "remote"]
+    for role in ("large_base", "small_ft", "small_base"):
+        cmd += [f"--{role.replace('_', '-')}", str(getattr(tiny, role))]
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + BOUND
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+                time.sleep(0.2)
+        events: list = []
+        streaming = streaming_until_first_piece(url, LONG, events)
+        os.killpg(p.pid, signal.SIGINT)
+        streaming.join(BOUND)
+        p.wait(BOUND)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        server.stop()
+    assert "error" not in events[-1], events[-1]
+    assert events[-1]["localeft"]["finish_reason"] == "interrupted"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import queue
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -105,12 +106,16 @@ def info(em: Emulator) -> dict:
 
 
 def main(conn, kwargs: dict) -> None:
-    """Load the Emulator `kwargs` describe and serve the parent until it hangs up."""
+    """Load the Emulator `kwargs` describe and serve the parent until it hangs up. Ctrl-C in a
+    terminal reaches the whole process group: the parent decides how the server stops (the
+    reply so far, then the end), so this process ignores it and ends when the parent does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         em = Emulator(**kwargs)
     except LocaleftError as e:
         conn.send(("failed", str(e)))
         return
+    em.prompts.measure_tokens()  # for refusing huge prompts at once, as the app does at start
     engine = _Engine(conn, em)
     rpc.at_fault(lambda: engine.send(("fault", rpc.last_fault), block=False))
     engine.send(("ready", info(em)))

@@ -234,11 +234,19 @@ class RemoteStream(Stream):
             pass
 
 
+class _ChildPrompts:
+    """`Emulator.prompts` as far as the app uses it: the child measured its tokens at load."""
+
+    def measure_tokens(self) -> None:
+        pass
+
+
 class RemoteEmulator:
     """What the app needs of an Emulator, over the supervised child."""
 
     def __init__(self, supervisor: Supervisor):
         self.supervisor = supervisor
+        self.prompts = _ChildPrompts()
         info = supervisor.info
         self.n_ctx, self.beta = info["n_ctx"], info["beta"]
         self.placement, self.rpc_output_choice = info["placement"], info["rpc_output"]
