@@ -47,6 +47,15 @@ def peak_rss_bytes() -> int:
     return rss if os.uname().sysname == "Darwin" else rss * 1024
 
 
+def _model_row(model) -> dict:
+    """A role's file and size for the report (a LoRA: its model's, and its adapters)."""
+    if isinstance(model, LoRA):
+        row = _model_row(model.model)
+        row["adapters"] = [_model_row(p) | {"scale": s} for p, s in model.adapters]
+        return row
+    return {"path": str(model), "size_bytes": Path(model).stat().st_size}
+
+
 def _adapter_files(em: Emulator) -> set[Path]:
     return {p for src in em.sources.values() for p, _ in src.adapters}
 
@@ -222,10 +231,7 @@ def run(
             "repack": repack,
             "gpu_offload": supports_gpu_offload(),
         },
-        "models": {
-            role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
-            for role, p in paths.items()
-        },
+        "models": {role: _model_row(p) for role, p in paths.items()},
         "n_tokens": n_tokens,
         "reps": reps,
         "sampling": sampling,

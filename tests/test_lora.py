@@ -263,3 +263,13 @@ def test_an_adapter_given_as_a_model_is_refused_before_any_weights_load(tiny, ad
 def test_bad_lora_arguments_are_invalid_parameters(args, message):
     with pytest.raises(InvalidParameterError, match=message):
         LoRA(*args)
+
+
+def test_an_adapted_base_over_rpc_is_refused_before_connecting(tiny, adapters):
+    with pytest.raises(InvalidParameterError, match="not supported with RPC servers"):
+        Emulator(
+            large_base=LoRA(tiny.large_base, adapters.large),
+            small_ft=tiny.small_ft,
+            small_base=tiny.small_base,
+            rpc=["127.0.0.1:9"],
+        )

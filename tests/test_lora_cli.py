@@ -4,6 +4,7 @@ adapters, pulled like models), and what check, -v, models, JSON and saved chats 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from clitools import FAST, assert_one_line_error, invoke
 from hubcache import isolate, put_in_cache
 
 from localeft import Emulator, Expert, LoRA
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture
@@ -171,7 +174,7 @@ def test_a_preset_with_a_hub_adapter_is_pulled_like_a_model(
 @pytest.mark.parametrize(
     "table, message",
     [
-        ('adapters = []\n', "adapters must be a list"),
+        ("adapters = []\n", "adapters must be a list"),
         ('adapters = [{ path = "a.gguf", scale = "x" }]\n', "scale must be a number"),
         ('adapters = [{ path = "a.gguf" }]\npath = "f.gguf"\n', "not both"),
         ('adapters = [{ path = "a.gguf", rank = 3 }]\n', "unknown key(s) rank"),
@@ -195,3 +198,29 @@ def test_a_saved_chat_records_the_adapters(tiny, adapters, tmp_path, isolated):
     data = json.loads(saved.read_text())
     assert data["adapters"] == {"ft": [[str(adapters.a), 1.0]]}
     assert np.isfinite(len(data["replies"]))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compare", "-n", "2", "--raw", "hello"],
+        ["eval", str(EXAMPLES / "eval-sample.jsonl"), "--beta", "0,1", "--json"],
+        ["bench", "-n", "2", "--reps", "1", "--json", "--no-baselines"],
+    ],
+    ids=["compare", "eval", "bench"],
+)
+def test_other_commands_take_an_adapted_small_ft(tiny, adapters, command):
+    name, *rest = command
+    result = invoke(name, *small_pair(tiny, "--small-ft-lora", adapters.a), *rest)
+    assert result.exit_code == 0, result.output
+    if name == "bench":
+        ft = json.loads(result.stdout)["models"]["small_ft"]
+        assert ft["path"] == str(tiny.small_base)
+        assert ft["adapters"][0]["path"] == str(adapters.a)
+
+
+def test_a_grammar_with_an_adapted_small_ft(tiny, adapters):
+    args = small_pair(tiny, "--small-ft-lora", adapters.a, "--json-output", "-n", "12")
+    result = invoke("generate", *args, "hi")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.lstrip().startswith("{")
