@@ -90,18 +90,20 @@ def check(**o):
     """
     em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
     with em:
-        models = em.models
+        by_path = {m.path: m for m in em.models.values()}
         for label, src in em.sources.items():
-            m = models[label]
+            m = by_path[src.path]
             click.echo(
                 f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
                 f"n_ctx_train {m.n_ctx_train:<7} {src.describe()}"
             )
         for line in adapter_lines(em):
             click.echo(line)
-        loads = len({m.path for m in models.values()})
-        if loads < len(models):
-            click.echo(f"weights: {loads} model file(s) loaded once each for {len(models)} roles")
+        if em.adapters:
+            click.echo(
+                f"weights: {len(by_path)} model file(s) loaded once each for "
+                f"{len(em.sources)} roles"
+            )
         for e in em.experts:
             ft, ref = lora.source(e.ft), lora.source(e.ref)
             if ft == ref:
