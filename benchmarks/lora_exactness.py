@@ -6,7 +6,8 @@ next-token logits from llama-cpp-python's own `Llama` (the fine-tuned role as
 
 Prints, per prompt and beta, the largest difference in probability and in log-probability
 over the 20 most likely tokens (localeft's contexts run llama.cpp's defaults: flash
-attention on, as `Llama(flash_attn=True)`; with the same kernels the difference is 0).
+attention on, as `Llama(flash_attn=True)`, and the reference decodes in the same call shapes:
+each model's logits are then bit-identical, and what remains is localeft combining in float32).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from llama_cpp import Llama
 
 from localeft import Emulator, LoRA
+from localeft.layout import SCORE_CHUNK
 
 PROMPTS = [
     "Tell me something interesting about wolves.",
@@ -26,9 +28,14 @@ PROMPTS = [
 
 
 def logits(path: str, tokens: list[int], lora: str | None = None) -> np.ndarray:
+    """In the layout `Emulator.logprobs` reads its rows in (layout.py's scoring layout: calls
+    of 16 tokens from position 0, every row asked for): quantised kernels round differently
+    for other batch shapes, by up to 0.4 in a logit."""
     llm = Llama(
         model_path=path,
         n_ctx=512,
+        n_batch=SCORE_CHUNK,
+        n_ubatch=SCORE_CHUNK,
         logits_all=True,
         verbose=False,
         flash_attn=True,

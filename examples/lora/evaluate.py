@@ -16,6 +16,7 @@ from localeft import Emulator, LoRA
 from prompts import FACTS, PHRASE, held_out_prompts
 
 BETAS = (0.5, 1.0, 1.5)
+FACT_CONFIGS = ("1.5B alone", "0.5B + LoRA alone", "EFT beta 1")
 
 
 def configs():
@@ -37,8 +38,10 @@ def main() -> None:
     ap.add_argument("adapter")
     ap.add_argument("out")
     ap.add_argument("--peft", help="peft_samples.json: the PEFT model's own greedy replies")
-    ap.add_argument("-n", type=int, default=16, help="tokens per behaviour reply")
-    ap.add_argument("--fact-tokens", type=int, default=40)
+    ap.add_argument("-n", type=int, default=8, help="tokens per behaviour reply")
+    ap.add_argument("--prompts", type=int, default=30, help="held-out prompts (of 40)")
+    ap.add_argument("--facts", type=int, default=5, help="factual questions (of 10)")
+    ap.add_argument("--fact-tokens", type=int, default=20)
     a = ap.parse_args()
     t0 = time.time()
     em = Emulator(
@@ -51,7 +54,7 @@ def main() -> None:
         msgs = [{"role": "user", "content": question}]
         return e.chat(msgs, max_tokens=n, mode=mode, beta=beta).text
 
-    prompts = held_out_prompts()
+    prompts = held_out_prompts()[: a.prompts]
     names = [name for name, _, _ in configs()]
     counts = {n: 0 for n in names[:1] + ["0.5B alone (no adapter)"] + names[1:]}
     for i, p in enumerate(prompts):
@@ -62,8 +65,12 @@ def main() -> None:
         result["replies"][p] = row
         print(i, p, {k: v[:40] for k, v in row.items()}, flush=True)
     result["behaviour"] = {k: {"shows": v, "of": len(prompts)} for k, v in counts.items()}
-    for q, answer in FACTS:
-        row = {name: reply(em, q, mode, b, a.fact_tokens) for name, mode, b in configs()}
+    for q, answer in FACTS[: a.facts]:
+        row = {
+            name: reply(em, q, mode, b, a.fact_tokens)
+            for name, mode, b in configs()
+            if name in FACT_CONFIGS
+        }
         result["facts"][q] = {
             name: {"text": t, "correct": answer.lower() in t.lower(), "shows": shows(t)}
             for name, t in row.items()
@@ -86,7 +93,7 @@ def table(r: dict) -> str:
     ]
     for name, c in r["behaviour"].items():
         facts = [f[name] for f in r["facts"].values() if name in f]
-        fact = f"{sum(x['correct'] for x in facts)}/{n_facts}" if facts else "—"
+        fact = f"{sum(x['correct'] for x in facts)}/{n_facts}" if facts else "not asked"
         share = c["shows"] / c["of"]
         lines.append(f"| {name} | {c['shows']}/{c['of']} ({share:.0%}) | {fact} |")
     return "\n".join(lines)
