@@ -78,7 +78,7 @@ def main() -> None:
         print(q, {k: (answer.lower() in v.lower(), v[:60]) for k, v in row.items()}, flush=True)
     if a.peft:  # the adapter in llama.cpp against the PEFT model it came from
         peft = json.load(open(a.peft, encoding="utf-8"))
-        same = {p: reply(em, p, "ft", None, len(t["tokens"])) == t["text"] for p, t in peft.items()}
+        same = {p: reply(em, p, "ft", None, t["tokens"]) == t["text"] for p, t in peft.items()}
         result["peft"] = {"same_greedy_text": sum(same.values()), "of": len(same), "each": same}
     result["seconds"] = round(time.time() - t0)
     json.dump(result, open(a.out, "w", encoding="utf-8"), indent=1, ensure_ascii=False)
