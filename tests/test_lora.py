@@ -273,3 +273,16 @@ def test_an_adapted_base_over_rpc_is_refused_before_connecting(tiny, adapters):
             small_base=tiny.small_base,
             rpc=["127.0.0.1:9"],
         )
+
+
+def test_the_server_names_the_adapters_it_serves(lora_em):
+    """/v1/models lists the adapters beside the model files (what a client checks against)."""
+    import httpx
+    from liveserver import running
+
+    from localeft.server.app import create_app
+
+    with running(create_app(lora_em, model="tiny")) as url:
+        info = httpx.get(url + "/v1/models").json()["data"][0]["localeft"]
+    assert info["adapters"] == {k: [list(a) for a in v] for k, v in lora_em.adapters.items()}
+    assert info["adapters"]["ft"] and set(info["files"]) >= {"base", "ft", "ref"}
