@@ -2,7 +2,7 @@
 
 import llama_cpp  # noqa: F401  (first: CUDA builds crashed when numpy was imported before it)
 
-from .engine import Emulator, Expert, Generation, Stats, Stream
+from .engine import Emulator, Expert, Generation, LoRA, Stats, Stream
 from .errors import (
     ContextOverflowError,
     InvalidParameterError,
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Emulator",
     "Expert",
+    "LoRA",
     "Generation",
     "Stats",
     "Stream",

@@ -136,6 +136,7 @@ class Model:
         self.size_bytes = int(llama_cpp.llama_model_size(self._model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._contexts: list[weakref.ref] = []
+        self._adapters: dict[Path, Adapter] = {}
         self._pieces: dict[int, bytes] = {}
         trim_heap()
 
@@ -143,11 +144,13 @@ class Model:
         return f"Model({self.path.name!r}, n_vocab={self.n_vocab})"
 
     def close(self) -> None:
-        """Free the weights, after every context still open on them."""
+        """Free the weights, after every context still open on them and every adapter."""
         for ref in getattr(self, "_contexts", ()):
             ctx = ref()
             if ctx is not None:
                 ctx.close()
+        for adapter in getattr(self, "_adapters", {}).values():
+            adapter.close()
         if getattr(self, "_model", None):
             with self.guard():  # remote weights: freeing them is a call to the server
                 llama_cpp.llama_model_free(self._model)
@@ -286,6 +289,15 @@ class Model:
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
 
+    def adapter(self, path: str | os.PathLike) -> Adapter:
+        """The LoRA adapter at `path`, loaded for this model once (its tensors sit beside the
+        weights; any number of contexts apply it, each with its own scale). Load adapters
+        before the contexts that use them."""
+        key = Path(path)
+        if key not in self._adapters:
+            self._adapters[key] = Adapter(self, key)
+        return self._adapters[key]
+
     def new_context(
         self,
         n_ctx: int,
@@ -293,6 +305,7 @@ class Model:
         n_batch: int = 512,
         n_threads_step: int | None = None,
         n_ubatch: int | None = None,
+        adapters: Sequence[tuple[Adapter, float]] = (),
     ) -> Context:
         ctx = Context(
             self,
@@ -301,9 +314,33 @@ class Model:
             n_batch=n_batch,
             n_threads_step=n_threads_step,
             n_ubatch=n_ubatch,
+            adapters=adapters,
         )
         self._contexts.append(weakref.ref(ctx))
         return ctx
+
+
+class Adapter:
+    """One LoRA adapter GGUF loaded for one model (llama_adapter_lora_init). llama.cpp adds
+    `scale * alpha / rank * B(A x)` beside each adapted weight's product in the contexts
+    that set it; the model's own weights are never changed."""
+
+    def __init__(self, model: Model, path: Path):
+        self.model, self.path = model, path
+        llama_log_tail_clear()
+        self._ptr = llama_cpp.llama_adapter_lora_init(model._model, str(path).encode())
+        if not self._ptr:
+            detail = last_llama_error()
+            raise ModelFileError(
+                f"cannot apply LoRA adapter {path} to {model.path}"
+                + (f": {detail}" if detail else "")
+            )
+
+    def close(self) -> None:
+        """Free the adapter (before its model, after the contexts that use it)."""
+        if getattr(self, "_ptr", None):
+            llama_cpp.llama_adapter_lora_free(self._ptr)
+            self._ptr = None
 
 
 class Context:
@@ -318,9 +355,12 @@ class Context:
         n_batch: int = 512,
         n_threads_step: int | None = None,
         n_ubatch: int | None = None,
+        adapters: Sequence[tuple[Adapter, float]] = (),
     ):
         """n_threads: for batches (prompts, verification); n_threads_step: for single-token
-        decode steps (defaults to n_threads; fewer when contexts decode concurrently)."""
+        decode steps (defaults to n_threads; fewer when contexts decode concurrently).
+        `adapters`: LoRA adapters of this model and their scales, set for the context's
+        life (a fine-tuned model made of the weights plus the adapters)."""
         self.model = model
         self.n_vocab = model.n_vocab
         threads = n_threads or default_threads()
@@ -345,6 +385,9 @@ class Context:
             self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise LocaleftError(f"cannot create a context of {n_ctx} tokens for {model.path.name}")
+        self.adapters = tuple(adapters)
+        if self.adapters:
+            self._set_adapters()
         self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx)))  # llama.cpp may pad it
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -364,6 +407,16 @@ class Context:
         self._dirty = False
         self._all = False
         trim_heap()
+
+    def _set_adapters(self) -> None:
+        n = len(self.adapters)
+        ptrs = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(a._ptr for a, _ in self.adapters))
+        scales = (ctypes.c_float * n)(*(s for _, s in self.adapters))
+        if llama_cpp.llama_set_adapters_lora(self._ctx, ptrs, n, scales) != 0:
+            names = ", ".join(a.path.name for a, _ in self.adapters)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+            raise LocaleftError(f"llama.cpp refused LoRA adapters {names} on {self.model.path}")
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

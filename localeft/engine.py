@@ -24,6 +24,7 @@ from .backend import Model
 from .decoding import Stats
 from .eft import log_softmax
 from .ensemble import Ensemble, Expert, checked_models
+from .lora import LoRA, Source
 from .errors import ClosedError, InvalidParameterError
 from .generation import Generation, Job, Stream, start
 from .grammar import Grammar
@@ -35,7 +36,16 @@ from .speculative import use_speculative
 from .tools import check_tools
 from .vocab import VocabCheck
 
-__all__ = ["Emulator", "Expert", "Generation", "Stats", "Stream", "MODES", "MAX_TOP_LOGPROBS"]
+__all__ = [
+    "Emulator",
+    "Expert",
+    "LoRA",
+    "Generation",
+    "Stats",
+    "Stream",
+    "MODES",
+    "MAX_TOP_LOGPROBS",
+]
 
 
 class Emulator:
@@ -43,7 +53,9 @@ class Emulator:
 
     Up-scaling: `Emulator(large_base=..., small_ft=..., small_base=..., beta=1.0)`.
     General: `Emulator(base=..., experts=[Expert(ft, ref, weight), ...])`; down-scaling is
-    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. `drafter` picks the expert
+    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. Any model may be a
+    `LoRA(model, adapter)`: the fine-tuned model as a small base plus a LoRA adapter GGUF,
+    which shares the base's one load of the weights. `drafter` picks the expert
     whose fine-tuned model drafts for speculative decoding, runs alone in mode "ft", supplies
     the chat template and decides end of generation. `overlap` (default: on for CPU-only runs
     with 2+ threads) decodes the base model concurrently with the others, the cores split in
@@ -134,6 +146,21 @@ class Emulator:
     @property
     def models(self) -> dict[str, Model]:
         return {r.label: r.model for r in self.group.roles}
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Each role's model file and the LoRA adapters on it (with their scales), by label."""
+        return dict(self.group.sources)
+
+    @property
+    def adapters(self) -> dict[str, list[tuple[str, float]]]:
+        """The adapted roles' adapters as (path, scale), by label ({} without LoRA): what
+        JSON output and saved chats record beside the model files."""
+        return {
+            label: [(str(p), s) for p, s in src.adapters]
+            for label, src in self.group.sources.items()
+            if src.adapters
+        }
 
     @property
     def placement(self) -> list[dict]:

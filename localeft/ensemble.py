@@ -7,7 +7,9 @@ It knows nothing of sampling, stop strings or text: token ids in, logits views o
 Roles: context 0 is the base model; each expert adds a fine-tuned context ("ft") and a
 reference context ("ref"), both shared when files repeat (one model file used as the ref of
 two experts is loaded, and run, once). Pre-trained contexts (base, refs) are "base"-kind and
-see the base rendering of a chat; fine-tuned ones are "ft"-kind.
+see the base rendering of a chat; fine-tuned ones are "ft"-kind. A role may be a model with
+LoRA adapters (lora.LoRA): its context is keyed by (file, kind, adapters) over the one Model
+of that file, so a small base and its adapted fine-tune share one load of the weights.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import layout, outputcost, placement, rpc, rpclink, validate
+from . import layout, lora, outputcost, placement, rpc, rpclink, validate
 from .backend import Context, Model, check_gguf_file
+from .ggufinfo import Header, read_header
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
 from .layout import Span
 from .errors import InsufficientMemoryError, InvalidParameterError, LocaleftWarning
+from .errors import ModelFileError
 from .vocab import check_vocabularies
 
 
@@ -50,10 +54,11 @@ class Role:
 
 @dataclass(frozen=True)
 class Expert:
-    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`."""
+    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`. `ft` and `ref` are model paths
+    or `LoRA(model, adapter)`s."""
 
-    ft: str | os.PathLike
-    ref: str | os.PathLike
+    ft: str | os.PathLike | lora.LoRA
+    ref: str | os.PathLike | lora.LoRA
     weight: float = 1.0
 
 
@@ -68,11 +73,11 @@ def checked_models(large_base, small_ft, small_base, base, experts) -> tuple:
         if any(x is None for x in trio):
             raise InvalidParameterError("up-scaling needs large_base, small_ft and small_base")
         for name, value in zip(("large_base", "small_ft", "small_base"), trio):
-            validate.path(name, value)
+            lora.checked(name, value)
         base, experts = large_base, [Expert(ft=small_ft, ref=small_base)]
     if base is None or not experts:
         raise InvalidParameterError("an Emulator needs a base model and at least one expert")
-    validate.path("base", base)
+    lora.checked("base", base)
     if isinstance(experts, (str, bytes, Expert)) or not isinstance(experts, Sequence):
         raise InvalidParameterError("experts must be a list of Expert(ft, ref, weight)")
     return base, [_expert(e, i) for i, e in enumerate(experts)]
@@ -84,8 +89,8 @@ def _expert(e, i: int) -> Expert:
             f"experts[{i}] must be an Expert(ft=..., ref=..., weight=...), got {e!r}"
         )
     return Expert(
-        validate.path(f"experts[{i}].ft", e.ft),
-        validate.path(f"experts[{i}].ref", e.ref),
+        lora.checked(f"experts[{i}].ft", e.ft),
+        lora.checked(f"experts[{i}].ref", e.ref),
         validate.weight(f"experts[{i}].weight", e.weight),
     )
 
@@ -146,17 +151,30 @@ class Ensemble:
                 (e.ref, "base", f"ref{i}" if many else "ref"),
             )
         ]
-        keys = [(Path(path).expanduser().resolve(), kind, label) for path, kind, label in specs]
-        files = list(dict.fromkeys(p for p, _, _ in keys))
+        keys = [(lora.source(value), kind, label) for value, kind, label in specs]
+        files = list(dict.fromkeys(src.path for src, _, _ in keys))
+        adapted = list(dict.fromkeys((src.path, a) for src, _, _ in keys for a, _ in src.adapters))
         # Everything that can fail cheaply fails before the first weight is read.
-        for p in files:
-            check_gguf_file(p)
-        base_path = keys[0][0]
+        self.headers = _check_files(files, adapted)
+        base_path = keys[0][0].path
+        if remote and keys[0][0].adapters:
+            raise InvalidParameterError(
+                "LoRA adapters on the base model are not supported with RPC servers"
+            )
         devices, links = remote.connect() if remote else ([], {})
-        contexts = [p for p, _ in dict.fromkeys((p, kind) for p, kind, _ in keys)]
+        unique = list(dict.fromkeys((src, kind) for src, kind, _ in keys))
         cores = _threads(n_threads)
         self.vocab, plan, self.output = self._precheck(
-            files, contexts, n_ctx, n_gpu_layers, base_path, devices, links, remote, cores
+            files,
+            [src.path for src, _ in unique],
+            n_ctx,
+            n_gpu_layers,
+            base_path,
+            devices,
+            links,
+            remote,
+            cores,
+            sum(a.stat().st_size for _, a in adapted),
         )
         self.devices, self.plan = devices, plan
         watchdog = rpc.Watchdog(remote.timeout, remote.endpoints) if remote else None
@@ -180,10 +198,11 @@ class Ensemble:
                 )
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
+        for p, a in adapted:  # before any context of the model: llama.cpp sizes graphs by them
+            self.models[p].adapter(a)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
-        unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
         # Sizes are what each model computes here: a base all on RPC servers only waits.
-        sizes = [self.models[p].size_bytes for p, _ in unique]
+        sizes = [self.models[src.path].size_bytes for src, _ in unique]
         if plan is not None:
             sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1) + self.output.nbytes
         step = step_threads(
@@ -194,17 +213,24 @@ class Ensemble:
         )
         self._split, self._cores = step, cores
         index = {}
-        for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
-            label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
-            ctx = self.models[p].new_context(n_ctx, cores, n_threads_step=n_step)
-            index[(p, kind)] = len(self.roles)
+        for (src, kind), n_step in zip(unique, step or [None] * len(unique)):
+            label = next(lab for q, k, lab in keys if (q, k) == (src, kind))
+            model = self.models[src.path]
+            ctx = model.new_context(
+                n_ctx,
+                cores,
+                n_threads_step=n_step,
+                adapters=[(model.adapter(a), scale) for a, scale in src.adapters],
+            )
+            index[(src, kind)] = len(self.roles)
             self.roles.append(Role(label, ctx, kind))
         self.n_ctx = min(r.ctx.n_ctx for r in self.roles)
-        at = [index[(p, kind)] for p, kind, _ in keys]
+        at = [index[(src, kind)] for src, kind, _ in keys]
         self.base = at[0]
         self.terms = [(at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(experts)]
         self.drafter = self.terms[drafter][0]  # the fine-tuned context that drafts and runs alone
-        self.files = {label: p for p, _, label in keys}  # every role, shared files included
+        self.files = {label: src.path for src, _, label in keys}  # every role's model file
+        self.sources = {label: src for src, _, label in keys}  # ... and its adapters
         # CPU layout: measured, unless forced (overlap=True/False) or moot (GPU, one core).
         self.layout = "overlap" if step is not None else "sequential"
         self.layout_probe: dict[str, float] | None = None
@@ -226,6 +252,7 @@ class Ensemble:
         links: dict[str, rpclink.Link | None],
         remote: placement.Remote | None,
         cores: int,
+        adapter_bytes: int = 0,
     ):
         """Vocabularies, trained context and memory, from each file's metadata and tokenizer
         alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
@@ -264,7 +291,7 @@ class Ensemble:
                 kv_per_file[base_path] * min(plan.local_layers, n_layer) // max(n_layer, 1)
             )
         kv = sum(kv_per_file[p] for p in contexts)
-        weights = sum(here.values())
+        weights = sum(here.values()) + adapter_bytes
         free = available_memory()
         need = weights + kv
         if free is not None and need > free:
@@ -463,6 +490,25 @@ def _output_place(remote, plan, devices, links, path, n_embd, n_vocab, cores) ->
     saved = (n_vocab - n_embd) * 4
     choice = placement.output_here(remote.output, dev.endpoint, link, saved, local)
     return OutputPlace(choice, layer.nbytes if layer and choice.here else 0)
+
+
+def _check_files(files: list[Path], adapted: list[tuple[Path, Path]]) -> dict[Path, Header]:
+    """Every model file is a GGUF model (not an adapter), every adapter a LoRA adapter GGUF
+    that fits its model: from the headers alone, before any weights load. Returns the
+    headers read, by path."""
+    headers: dict[Path, Header] = {}
+    for p in files:
+        check_gguf_file(p)
+        headers[p] = read_header(p)
+        lora.check_model(headers[p])
+    for p, a in adapted:
+        if not a.exists():
+            raise ModelFileError(f"LoRA adapter file not found: {a}")
+        check_gguf_file(a)
+        if a not in headers:
+            headers[a] = read_header(a)
+        lora.check_adapter(headers[p], headers[a])
+    return headers
 
 
 def _threads(requested: int | None) -> int:

@@ -328,6 +328,7 @@ class ChatSession:
                 "n_ctx": self.em.n_ctx,
             },
             "models": {label: str(m.path) for label, m in self.em.models.items()},
+            **({"adapters": self.em.adapters} if self.em.adapters else {}),
             "replies": self.replies,
         }
 

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from . import tokenview
+from . import lora, tokenview
+from .reports import ROLE_NAMES
 from .engine import Emulator, Generation, Stats
 from .speculative import MAX_DRAFT
 from .validate import MAX_WEIGHT
@@ -87,6 +88,20 @@ def stats_line(s: Stats, full: bool = False) -> str:
         per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
         line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"
     return line
+
+
+def adapter_lines(em: Emulator) -> list[str]:
+    """One line per role with LoRA adapters (-v): its model file, then each adapter with its
+    scale, rank and alpha."""
+    lines = []
+    for label, src in em.sources.items():
+        if src.adapters:
+            parts = [
+                f"LoRA {p.name} x{scale:g} ({lora.summary(em.group.headers[p])})"
+                for p, scale in src.adapters
+            ]
+            lines.append(f"{ROLE_NAMES.get(label, label)}: {src.path.name} + " + " + ".join(parts))
+    return lines
 
 
 def placement_line(rows: list[dict], output: dict | None = None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from liveserver import running
 
-from localeft import layout
+from localeft import LoRA, layout
 from localeft.request import build
 from localeft.server.app import create_app
 
@@ -77,14 +77,22 @@ def prompts(em):
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("kind", ["chat", "text", "ids"])
-def test_a_request_gives_the_same_bytes_in_every_history(make_em, kind, settings):
-    fresh = make_em()
+@pytest.mark.parametrize("trio", ["files", "lora"])
+def test_a_request_gives_the_same_bytes_in_every_history(
+    make_em, tiny, adapters, trio, kind, settings
+):
+    # "lora": the fine-tuned model is the small base with an adapter (two contexts of one
+    # model, one of them adapted): its layout holds the same way
+    overrides = {"small_ft": LoRA(tiny.small_base, adapters.a)} if trio == "lora" else {}
+    fresh = make_em(**overrides)
     prompt = prompts(fresh)[kind]
     want = signature(run(fresh, prompt, **settings))
-    em = make_em()
+    em = make_em(**overrides)
     for name, before in HISTORIES.items():
         before(em, prompt, settings)
         assert signature(run(em, prompt, **settings)) == want, name
+    if trio == "lora":  # and the adapter is in effect
+        assert signature(run(make_em(), prompt, **settings)) != want
 
 
 @pytest.mark.parametrize("kind", ["chat", "text"])

@@ -233,6 +233,7 @@ class Server:
                         "owned_by": "localeft",
                         "localeft": {
                             "files": {k: str(m.path) for k, m in self.em.models.items()},
+                            "adapters": self.em.adapters,
                             "n_ctx": self.em.n_ctx,
                             "beta": self.em.beta,
                         },
