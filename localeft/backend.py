@@ -18,7 +18,7 @@ from typing import Sequence
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
 import numpy as np
 
-from . import layout
+from . import layout, outputcost
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 from .layout import Call
 from .native import LoadInterrupt, LoadLog, default_threads, init_backend, last_llama_error
@@ -31,6 +31,13 @@ LOAD_PATIENCE = 10
 # Tokens per llama.cpp compute pass. On a CPU, 128 prompt-processes as fast as 512 (within 3%
 # here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
 CPU_UBATCH, GPU_UBATCH = 128, 512
+
+
+class _Override(ctypes.Structure):
+    """struct llama_model_tensor_buft_override: tensors whose name matches go to that buffer
+    type (a NULL pattern ends the list)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -55,6 +62,7 @@ class Model:
         vocab_only: bool = False,
         devices: Sequence[int] = (),
         tensor_split: Sequence[float] = (),
+        output_here: bool = False,
         watchdog=None,
     ):
         """`repack`: llama.cpp may copy quantised weights into a faster CPU layout. With `mmap`
@@ -65,7 +73,9 @@ class Model:
 
         `devices` (ggml_backend_dev_t handles, such as remote ones from rpc.connect) replaces
         llama.cpp's choice of devices: the last `n_gpu_layers` layers go there, split in
-        proportion to `tensor_split` (one weight per device), the rest stay on this CPU.
+        proportion to `tensor_split` (one weight per device), the rest stay on this CPU;
+        `output_here` keeps the output layer and final norm on this CPU all the same (a tensor
+        override: then a hidden state crosses the network per row instead of the logits).
         `watchdog` (rpc.Watchdog: `guard()`, `touch()`) bounds every call that may wait on
         those devices; the load (minutes for tens of GB over a network) gets LOAD_PATIENCE
         times the bound between llama.cpp's progress reports."""
@@ -87,6 +97,10 @@ class Model:
         if tensor_split:
             self._split = (ctypes.c_float * llama_cpp.llama_max_devices())(*tensor_split)
             params.tensor_split = self._split
+        if output_here:
+            here = _Override(outputcost.OVERRIDE, outputcost.cpu_buffer_type())
+            self._overrides = (_Override * 2)(here, _Override(None, None))
+            params.tensor_buft_overrides = ctypes.addressof(self._overrides)
         mmap = not repack if mmap is None else mmap
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
@@ -265,6 +279,11 @@ class Model:
     def n_layer(self) -> int:
         """Transformer blocks (0 where the metadata lacks them)."""
         return self._meta_int("block_count") or 0
+
+    @property
+    def n_embd(self) -> int:
+        """Width of the hidden state (0 where the metadata lacks it)."""
+        return self._meta_int("embedding_length") or 0
 
     @property
     def chat_template(self) -> str | None:

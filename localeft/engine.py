@@ -69,7 +69,10 @@ class Emulator:
     `rpc_split=[w1, ..., wn(, w_here)]` sets the shares (one per server, then optionally one for
     this machine). `rpc_timeout` bounds one remote call: a server that stops answering ends the
     process with one line after that many seconds, as llama.cpp ends it when a server dies
-    (`placement` says where the layers went; docs/DISTRIBUTED.md).
+    (`placement` says where the layers went; docs/DISTRIBUTED.md). `rpc_output` keeps the
+    base's output layer here ("local": a hidden state crosses the network per token instead
+    of n_vocab logits) or on its server ("remote"); "auto" decides from the link measured at
+    connect and the layer's cost here (`rpc_output_choice` says which and why).
 
     Thread-safe: requests from several threads run one at a time (llama.cpp contexts are not
     thread-safe); a stream takes its turn token by token, and one left suspended while other
@@ -95,6 +98,7 @@ class Emulator:
         rpc: Sequence[str] | None = None,
         rpc_split: Sequence[float] | None = None,
         rpc_timeout: float = rpc_module.DEFAULT_TIMEOUT,
+        rpc_output: str = "auto",
     ):
         base, self.experts = checked_models(large_base, small_ft, small_base, base, experts)
         self.n_ctx = validate.integer("n_ctx", n_ctx, 8)
@@ -105,7 +109,7 @@ class Emulator:
         validate.integer("drafter", drafter, 0, len(self.experts) - 1)
         validate.flag("overlap", overlap)
         validate.flag("repack", repack)
-        remote = placement.remote(rpc, rpc_split, rpc_timeout)
+        remote = placement.remote(rpc, rpc_split, rpc_timeout, rpc_output)
         self.beta = beta  # validated by the setter
         self.group = Ensemble(
             base,
@@ -164,6 +168,14 @@ class Emulator:
         per place ("local", then each server), its layers ("0-13", "14-27+output") and the MiB of
         weights there."""
         return [dict(row) for row in self.group.placement]
+
+    @property
+    def rpc_output_choice(self) -> dict | None:
+        """Where the base's output layer is when RPC servers hold its layers ("local" or
+        "remote") and why, e.g. {"where": "local", "why": "auto: 601 KB more per token ..."};
+        None without RPC."""
+        out = self.group.output
+        return None if out is None else {"where": out.choice.where, "why": out.choice.why}
 
     @property
     def closed(self) -> bool:

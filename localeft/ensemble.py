@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import layout, lora, placement, rpc, validate
+from . import layout, lora, outputcost, placement, rpc, rpclink, validate
 from .backend import Context, Model, check_gguf_file
 from .ggufinfo import Header, read_header
 from .native import available_memory, default_threads
@@ -130,6 +130,7 @@ class Ensemble:
         self.placement: list[dict] = []  # where the base model's layers are, when remote
         self.devices: list[rpc.Device] = []  # the RPC servers' devices it uses
         self.plan: placement.Plan | None = None
+        self.output: OutputPlace | None = None  # where the base's output layer is, when remote
         try:
             self._load(
                 base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
@@ -160,16 +161,19 @@ class Ensemble:
             raise InvalidParameterError(
                 "LoRA adapters on the base model are not supported with RPC servers"
             )
-        devices = remote.connect() if remote else []
+        devices, links = remote.connect() if remote else ([], {})
         unique = list(dict.fromkeys((src, kind) for src, kind, _ in keys))
-        self.vocab, plan = self._precheck(
+        cores = _threads(n_threads)
+        self.vocab, plan, self.output = self._precheck(
             files,
             [src.path for src, _ in unique],
             n_ctx,
             n_gpu_layers,
             base_path,
             devices,
-            remote and remote.split,
+            links,
+            remote,
+            cores,
             sum(a.stat().st_size for _, a in adapted),
         )
         self.devices, self.plan = devices, plan
@@ -182,23 +186,30 @@ class Ensemble:
                     devices=[d.handle for d in devices],
                     tensor_split=plan.weights,
                     repack=repack,
+                    output_here=self.output is not None and self.output.here,
                     watchdog=watchdog,
                 )
-                self.placement = placement.placement_rows(plan, devices, self.models[p].load_log)
+                self.placement = placement.placement_rows(
+                    plan,
+                    devices,
+                    self.models[p].load_log,
+                    output_here=self.output.here,
+                    links=links,
+                )
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
         for p, a in adapted:  # before any context of the model: llama.cpp sizes graphs by them
             self.models[p].adapter(a)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
-        cores = _threads(n_threads)
         # Sizes are what each model computes here: a base all on RPC servers only waits.
         sizes = [self.models[src.path].size_bytes for src, _ in unique]
         if plan is not None:
-            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1)
+            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1) + self.output.nbytes
         step = step_threads(
             sizes,
             cores,
             enabled=overlap is not False and not self.gpu_offload,
+            waits=plan is not None and plan.local_layers == 0,
         )
         self._split, self._cores = step, cores
         index = {}
@@ -223,7 +234,9 @@ class Ensemble:
         # CPU layout: measured, unless forced (overlap=True/False) or moot (GPU, one core).
         self.layout = "overlap" if step is not None else "sequential"
         self.layout_probe: dict[str, float] | None = None
-        self._probe = list(PROBE) if step is not None and overlap is None else None
+        # A base that computes nothing here only waits for its servers: overlap, unmeasured.
+        probe = step is not None and overlap is None and sizes[0] > 0
+        self._probe = list(PROBE) if probe else None
         self._probe_times: dict[str, list[float]] = {"overlap": [], "sequential": []}
         if step is not None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
@@ -236,16 +249,19 @@ class Ensemble:
         n_gpu_layers: int,
         base_path: Path,
         devices: list[rpc.Device],
-        split: tuple[float, ...] | None,
+        links: dict[str, rpclink.Link | None],
+        remote: placement.Remote | None,
+        cores: int,
         adapter_bytes: int = 0,
     ):
         """Vocabularies, trained context and memory, from each file's metadata and tokenizer
         alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
         in a second, not after minutes of loading weights. With RPC `devices`, also where the
-        base's layers go (rpc.plan): what goes there does not count here. Returns the
-        vocabulary check and that plan (None without RPC)."""
+        base's layers go (rpc.plan) and its output layer (placement.output_here): what goes
+        there does not count here. Returns the vocabulary check, that plan (None without RPC)
+        and the output choice."""
         heads = [Model(p, vocab_only=True) for p in files]
-        plan = None
+        plan, output = None, None
         try:
             vocab = check_vocabularies(heads)
             for m in heads:
@@ -257,7 +273,8 @@ class Ensemble:
                         stacklevel=4,
                     )
             kv_per_file = {m.path: m.kv_bytes(n_ctx) for m in heads}
-            n_layer = next(m.n_layer for m in heads if m.path == base_path)
+            head = next(m for m in heads if m.path == base_path)
+            n_layer, n_embd, n_vocab = head.n_layer, head.n_embd, head.n_vocab
         finally:
             for m in heads:
                 m.close()
@@ -265,10 +282,11 @@ class Ensemble:
         if devices:
             size, n_kv = base_path.stat().st_size, contexts.count(base_path)
             per_layer = size / (n_layer + 1) + n_kv * kv_per_file[base_path] / max(n_layer, 1)
-            plan = placement.plan(n_layer, devices, split, per_layer)
+            plan = placement.plan(n_layer, devices, remote.split, per_layer)
             placement.check_remote_memory(plan, devices, per_layer)
+            output = _output_place(remote, plan, devices, links, base_path, n_embd, n_vocab, cores)
             # The input embedding always stays here: about one layer's worth.
-            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2)
+            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2) + output.nbytes
             kv_per_file[base_path] = (
                 kv_per_file[base_path] * min(plan.local_layers, n_layer) // max(n_layer, 1)
             )
@@ -284,7 +302,7 @@ class Ensemble:
                 f"{free / gib:.1f} GiB of memory is available; use a smaller context (n_ctx), "
                 "smaller quantisations, GPU offload, or RPC servers (--rpc)"
             )
-        return vocab, plan
+        return vocab, plan, output
 
     # --- what the group is -----------------------------------------------------------------
     @property
@@ -445,6 +463,35 @@ class Ensemble:
             m.close()
 
 
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where the base's output layer is (`choice`: here or not, and why) and the bytes of it
+    this machine holds and computes per token (0 when it is remote)."""
+
+    choice: placement.OutputChoice
+    nbytes: int
+
+    @property
+    def here(self) -> bool:
+        return self.choice.here
+
+
+def _output_place(remote, plan, devices, links, path, n_embd, n_vocab, cores) -> OutputPlace:
+    """Keep the output layer here or on its server (placement.output_here): "auto" measures
+    the layer's matrix-vector product on this CPU with every core."""
+    dev = placement.output_device(plan, devices)
+    if dev is None:
+        return OutputPlace(placement.OutputChoice(True, "its layers stay here"), 0)
+    layer = outputcost.output_layer(path, n_embd) if n_embd else None
+    link = links.get(dev.endpoint)
+    local = None
+    if remote.output == "auto" and link is not None and layer is not None:
+        local = outputcost.matvec_seconds(layer, cores)
+    saved = (n_vocab - n_embd) * 4
+    choice = placement.output_here(remote.output, dev.endpoint, link, saved, local)
+    return OutputPlace(choice, layer.nbytes if layer and choice.here else 0)
+
+
 def _check_files(files: list[Path], adapted: list[tuple[Path, Path]]) -> dict[Path, Header]:
     """Every model file is a GGUF model (not an adapter), every adapter a LoRA adapter GGUF
     that fits its model: from the headers alone, before any weights load. Returns the
@@ -486,17 +533,23 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
+def step_threads(
+    sizes: list[int], cores: int, enabled: bool, waits: bool = False
+) -> list[int] | None:
     """Threads for single-token steps when context 0 (the base) decodes concurrently with the
     rest, which run one after another: cores split in proportion to model size (decode time on
-    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
+    a CPU follows the bytes read). `waits`: the base's layers are on RPC servers and its thread
+    mostly waits for them (then computes its share here, such as the output layer, in a burst):
+    the others keep every core. None where overlap is off or there is nothing to split."""
     if not enabled or len(sizes) < 2:
         return None
     if sizes[0] == 0:  # the base computes on RPC servers: its thread only waits for them
         return [1] + [cores] * (len(sizes) - 1)
+    share = round(cores * sizes[0] / sum(sizes))
+    if waits:
+        return [min(max(share, 1), cores)] + [cores] * (len(sizes) - 1)
     if cores < 2:
         return None
-    share = round(cores * sizes[0] / sum(sizes))
     base = min(max(share, 1), cores - 1)
     return [base] + [cores - base] * (len(sizes) - 1)
 

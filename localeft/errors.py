@@ -60,5 +60,15 @@ class RpcError(LocaleftError):
     busy or cannot hold its share of the layers."""
 
 
+class EngineUnavailable(RpcError):
+    """`localeft serve`'s engine process is gone (an RPC server died or froze, which ends the
+    process that holds its connection) and is restarting: `retry_after` seconds until the next
+    try, where known."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class LocaleftWarning(UserWarning):
     """A setting that works but is probably not what the user wants (the CLI prints one line)."""

@@ -42,8 +42,10 @@ def use_speculative(
     H100). On a CPU the cost of a batch grows almost linearly with k (1.5B Q4_K_M on 2 cores:
     k=1 36 ms, k=4 105 ms, k=12 330 ms), so drafting cannot pay for itself: measured 0.8-0.9x
     the speed of plain EFT (docs/PERFORMANCE.md). A fixed draft length asks for it explicitly.
-    A base on RPC servers does not count as offload: with CPU servers it measured 0.73x there
-    too (docs/DISTRIBUTED.md); with GPU servers, ask for it.
+    A base on RPC servers does not count as offload: with CPU servers it measured 1.1-1.3x
+    slower than plain EFT on every emulated link, LAN to a far 50 Mbit/s, 15 ms one (the round
+    trips a block saves do not pay for a CPU server verifying it; docs/DISTRIBUTED.md); with GPU
+    servers, ask for it.
     """
     if requested is not None:
         return bool(requested)

@@ -104,13 +104,26 @@ def adapter_lines(em: Emulator) -> list[str]:
     return lines
 
 
-def placement_line(rows: list[dict]) -> str:
-    """Where the large base's layers are (Emulator.placement), on one line."""
+def placement_line(rows: list[dict], output: dict | None = None) -> str:
+    """Where the large base's layers are (Emulator.placement) on one line, the links measured
+    to the servers, and (`output`: Emulator.rpc_output_choice) why the output layer is where
+    it is on a second line."""
     parts = []
     for r in rows:
         layers = r["layers"] if r["device"] == "local" else f"layers {r['layers'] or 'none'}"
         parts.append(f"{r['device']} {layers} ({r['weights_mib']:.1f} MiB)")
-    return "large base: " + " | ".join(parts)
+    text = "large base: " + " | ".join(parts)
+    links = [
+        f"{r['device']} {r['link']['rtt_ms']:.2f} ms, {r['link']['down_mbit_s']:,.0f} Mbit/s"
+        for r in rows
+        if r.get("link")
+    ]
+    if links:
+        text += "\nRPC links (round trip, to here): " + "; ".join(links)
+    if output:
+        text += f"\noutput layer: {'here' if output['where'] == 'local' else 'remote'} "
+        text += f"({output['why']})"
+    return text
 
 
 def notes(g: Generation, verbose: bool, prefix: str = "") -> None:

@@ -139,4 +139,4 @@ def check(**o):
             "reinstall with scripts/install.sh)"
         )
         if em.placement:
-            click.echo(placement_line(em.placement))
+            click.echo(placement_line(em.placement, em.rpc_output_choice))

@@ -179,6 +179,15 @@ MODEL_OPTIONS = _stack(
         "one for this machine (default: all remote, by the servers' free memory).",
     ),
     opt(
+        "--rpc-output",
+        type=click.Choice(["auto", "local", "remote"]),
+        default="auto",
+        show_default=True,
+        help="Where the large base's output layer runs: here (a hidden state crosses the "
+        "network per token instead of the logits), on its server, or as the measured link "
+        "and this CPU say.",
+    ),
+    opt(
         "--rpc-timeout",
         type=click.FloatRange(min=0.1),
         default=rpc.DEFAULT_TIMEOUT,
@@ -375,7 +384,7 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
     base's layers went, when RPC servers hold some)."""
     em, settings = _open_emulator(o)
     if o.get("verbose") and em.placement:
-        click.echo(placement_line(em.placement), err=True)
+        click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
     if o.get("verbose"):
         for line in adapter_lines(em):
             click.echo(line, err=True)
@@ -383,8 +392,14 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
 
 
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:
-    """A grammar is checked against the fine-tuned model's vocabulary before any weights
-    load."""
+    kwargs, settings = emulator_kwargs(o)
+    return Emulator(**kwargs), settings
+
+
+def emulator_kwargs(o: dict) -> tuple[dict, dict]:
+    """The Emulator's arguments the options describe (files resolved, downloads done), and the
+    preset's settings. A grammar is checked against the fine-tuned model's vocabulary before
+    any weights load."""
     o["constraints"] = constraint_kwargs(o)
     paths, settings = resolve_models(o)
     if o["constraints"].get("grammar"):
@@ -404,12 +419,13 @@ def _open_emulator(o: dict) -> tuple[Emulator, dict]:
         rpc=list(o["rpc"]) or None,
         rpc_split=o["rpc_split"],
         rpc_timeout=o["rpc_timeout"],
+        rpc_output=o["rpc_output"],
     )
     if o["rpc_split"] and not o["rpc"]:
         raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
     if "experts" in paths:
-        return Emulator(base=paths["large_base"], experts=paths["experts"], **common), settings
-    return Emulator(**paths, **common), settings
+        return dict(base=paths["large_base"], experts=paths["experts"], **common), settings
+    return dict(**paths, **common), settings
 
 
 def sampling(o: dict, settings: dict) -> dict:

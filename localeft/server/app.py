@@ -27,7 +27,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..engine import Emulator, Stream
-from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
+from ..errors import ClosedError, ContextOverflowError, EngineUnavailable, InvalidParameterError
+from ..errors import LocaleftError
 from .. import toolformat
 from . import jobs, params, shapes, tokenizer
 from .shapes import APIError
@@ -57,6 +58,9 @@ def api_error(e: BaseException) -> APIError:
         return APIError(400, str(e), param=param)
     if isinstance(e, ClosedError):
         return APIError(503, "the server is shutting down", code="unavailable")
+    if isinstance(e, EngineUnavailable):  # supervisor.py: an RPC server died or froze
+        retry = {"Retry-After": str(round(e.retry_after or 1))}
+        return APIError(503, str(e), type="server_error", code="engine_unavailable", headers=retry)
     if isinstance(e, LocaleftError):
         return APIError(400, str(e))
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
@@ -201,15 +205,19 @@ class Server:
         return FileResponse(STATIC / "index.html")
 
     async def health(self, request: Request) -> Response:
+        engine = self.em.health() if hasattr(self.em, "health") else None  # supervisor.py
+        status = engine["status"] if engine else "ok"
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if status == "ok" else "degraded",
+                **({"engine": engine} if engine else {}),
                 "model": self.model,
                 "n_ctx": self.em.n_ctx,
                 "beta": self.em.beta,
                 "auth": self.api_key is not None,
                 "queue": self.worker.state() if self.worker else None,
-            }
+            },
+            status_code=200 if status == "ok" else 503,
         )
 
     async def models(self, request: Request) -> Response:
