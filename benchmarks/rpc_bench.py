@@ -11,7 +11,8 @@ counters of llama.cpp's own sockets (TCP_INFO: bytes acked and received; Linux).
 log-probability difference RPC vs local (with and without this machine's repacked weights: the
 servers do not repack, so the un-repacked local model isolates the protocol's cost), and prompt
 processing speed. On one machine the servers share its cores with the client: this
-measures the protocol's cost, not the gain of more machines (docs/DISTRIBUTED.md models a LAN).
+measures the protocol's cost, not the gain of more machines (benchmarks/net_bench.py measures
+emulated LAN, Wi-Fi and far links). --rpc-output sets where the base's output layer runs.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
     ap.add_argument("-t", "--threads", type=int, help="client threads (default: all)")
     ap.add_argument("--server-threads", type=int, help="threads per server (default: all)")
+    ap.add_argument("--rpc-output", default="remote", choices=["auto", "local", "remote"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -111,8 +113,9 @@ def main() -> None:
         log("loading: local, local without repacking, and over RPC")
         here = Emulator(**trio, repack=True)
         plain = Emulator(**trio, repack=False)
-        there = Emulator(**trio, rpc=endpoints)
+        there = Emulator(**trio, rpc=endpoints, rpc_output=a.rpc_output)
         result["placement"] = there.placement
+        result["rpc_output"] = there.rpc_output_choice
         result["overlap"] = {"local": here.overlap, "rpc": there.overlap}
 
         # exactness: the next-token distribution after a few prompts (the -inf of masked ids

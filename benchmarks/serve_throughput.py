@@ -4,9 +4,11 @@ the Emulator called directly, on real models, alternating the two in one run.
 Both are timed from outside the same way: time to the first text piece (TTFT, the prompt's
 evaluation included), then tokens after the first ÷ the time after the first piece. Each
 measurement starts its prompt with a fresh number, so neither reuses the other's KV cache.
-The server runs in this process (uvicorn in a thread, 127.0.0.1), the client is httpx.
+The server runs in this process (uvicorn in a thread, 127.0.0.1), the client is httpx. With
+--worker, also a server whose Emulator runs in a supervised worker process (what
+`localeft serve --rpc` does; server/supervisor.py): what the process boundary costs.
 
-    .venv/bin/python benchmarks/serve_throughput.py L.gguf F.gguf B.gguf -n 48 --reps 5
+    .venv/bin/python benchmarks/serve_throughput.py L.gguf F.gguf B.gguf -n 48 --reps 5 [--worker]
 """
 
 from __future__ import annotations
@@ -83,21 +85,34 @@ def served(url: str, messages, n: int) -> tuple[float, float, int, float]:
 def main() -> None:
     ap = trio_parser(__doc__, tokens=48, reps=5)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
+    ap.add_argument("--worker", action="store_true", help="also the supervised worker process")
     a = ap.parse_args()
     em = Emulator(a.large_base, a.small_ft, a.small_base, n_ctx=a.ctx_size)
     url, server = start(create_app(em))
-    results: dict[str, list[tuple]] = {"direct": [], "server": []}
+    urls = {"server": url}
+    remote = None
+    if a.worker:
+        from localeft.server.supervisor import RemoteEmulator, Supervisor
+
+        trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
+        supervisor = Supervisor({**trio, "n_ctx": a.ctx_size})
+        supervisor.start()
+        remote = RemoteEmulator(supervisor)
+        urls["worker"], worker_server = start(create_app(remote))
+    results: dict[str, list[tuple]] = {"direct": [], **{name: [] for name in urls}}
     k = 0
-    served(url, PROMPT, 4)  # warm-up, both paths
+    for u in urls.values():  # warm-up, every path
+        served(u, PROMPT, 4)
     direct(em, PROMPT, 4)
+    names = list(results)
     for rep in range(a.reps):
-        for name in ("direct", "server") if rep % 2 == 0 else ("server", "direct"):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             k += 1
             messages = [{"role": "user", "content": f"{k}. {PROMPT[-1]['content']}"}]
             if name == "direct":
                 r = direct(em, messages, a.tokens)
             else:
-                r = served(url, messages, a.tokens)
+                r = served(urls[name], messages, a.tokens)
             results[name].append(r)
             print(
                 f"{name:<7} ttft {r[0]:.3f} s  {r[1]:6.2f} tok/s  ({r[2]} tokens; "
@@ -105,6 +120,9 @@ def main() -> None:
                 flush=True,
             )
     server.should_exit = True
+    if remote is not None:
+        worker_server.should_exit = True
+        remote.close()
     med = {
         name: [statistics.median(x[i] for x in rs) for i in range(4)]
         for name, rs in results.items()
@@ -120,6 +138,12 @@ def main() -> None:
     print(f"  median of the per-rep ratios: {statistics.median(pairs):.3f}")
     extra = (med["server"][0] - med["direct"][0]) * 1000
     print(f"  server - direct time to first token: {extra:+.0f} ms")
+    if "worker" in med:
+        print(f"  worker / server tokens/s: {med['worker'][1] / med['server'][1]:.3f}")
+        pairs = [w[1] / s[1] for w, s in zip(results["worker"], results["server"])]
+        print(f"  median of the per-rep ratios (worker / server): {statistics.median(pairs):.3f}")
+        extra = (med["worker"][0] - med["server"][0]) * 1000
+        print(f"  worker - server time to first token: {extra:+.0f} ms")
 
 
 if __name__ == "__main__":

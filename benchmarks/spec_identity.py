@@ -102,6 +102,7 @@ def main() -> None:
         ids = em.prompt_tokens(history)["ft"]
         prompt = em.prompt_tokens(msgs)["ft"]
         trips += ids[len(prompt) : len(prompt) + len(plain.tokens)] == plain.tokens
+        print(f"{topic}: identical {spec.tokens == plain.tokens}", file=sys.stderr, flush=True)
     n = min(a.prompts, len(TOPICS))
     print(f"prompts: {n}, {a.tokens} tokens each, greedy")
     print(f"speculative output identical to plain: {same}/{n} ({same / n:.0%})")

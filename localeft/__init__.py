@@ -14,15 +14,18 @@ from .errors import (
     ModelFileError,
     VocabMismatchError,
 )
+from .tools import ToolCall
 
 __version__ = "0.1.0"
 __all__ = [
     "Emulator",
     "Expert",
+    "LoRA",
     "Generation",
     "Stats",
     "Stream",
     "SamplingParams",
+    "ToolCall",
     "LocaleftError",
     "ModelFileError",
     "VocabMismatchError",
@@ -30,7 +33,7 @@ __all__ = [
     "InvalidParameterError",
     "__version__",
 ]
-_ENGINE = ("Emulator", "Expert", "Generation", "Stats", "Stream")
+_ENGINE = ("Emulator", "Expert", "LoRA", "Generation", "Stats", "Stream")
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ from typing import Sequence
 import llama_cpp  # imported before numpy: see docs/GPU notes (CUDA builds crashed the other way)
 import numpy as np
 
-from . import layout
+from . import layout, outputcost
 from .errors import ContextOverflowError, LocaleftError, ModelFileError
 from .layout import Call
 from .native import LoadInterrupt, LoadLog, default_threads, init_backend, last_llama_error
@@ -31,6 +31,13 @@ LOAD_PATIENCE = 10
 # Tokens per llama.cpp compute pass. On a CPU, 128 prompt-processes as fast as 512 (within 3%
 # here) and touches a quarter of the compute buffer (1.5B: 17 vs 66 MiB); GPUs want big passes.
 CPU_UBATCH, GPU_UBATCH = 128, 512
+
+
+class _Override(ctypes.Structure):
+    """struct llama_model_tensor_buft_override: tensors whose name matches go to that buffer
+    type (a NULL pattern ends the list)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -55,6 +62,7 @@ class Model:
         vocab_only: bool = False,
         devices: Sequence[int] = (),
         tensor_split: Sequence[float] = (),
+        output_here: bool = False,
         watchdog=None,
     ):
         """`repack`: llama.cpp may copy quantised weights into a faster CPU layout. With `mmap`
@@ -65,7 +73,9 @@ class Model:
 
         `devices` (ggml_backend_dev_t handles, such as remote ones from rpc.connect) replaces
         llama.cpp's choice of devices: the last `n_gpu_layers` layers go there, split in
-        proportion to `tensor_split` (one weight per device), the rest stay on this CPU.
+        proportion to `tensor_split` (one weight per device), the rest stay on this CPU;
+        `output_here` keeps the output layer and final norm on this CPU all the same (a tensor
+        override: then a hidden state crosses the network per row instead of the logits).
         `watchdog` (rpc.Watchdog: `guard()`, `touch()`) bounds every call that may wait on
         those devices; the load (minutes for tens of GB over a network) gets LOAD_PATIENCE
         times the bound between llama.cpp's progress reports."""
@@ -87,6 +97,10 @@ class Model:
         if tensor_split:
             self._split = (ctypes.c_float * llama_cpp.llama_max_devices())(*tensor_split)
             params.tensor_split = self._split
+        if output_here:
+            here = _Override(outputcost.OVERRIDE, outputcost.cpu_buffer_type())
+            self._overrides = (_Override * 2)(here, _Override(None, None))
+            params.tensor_buft_overrides = ctypes.addressof(self._overrides)
         mmap = not repack if mmap is None else mmap
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
@@ -125,6 +139,7 @@ class Model:
         # repacked kernels round differently from the file's layout)
         self.repacked = any("REPACK" in name for name in self.load_log.buffers)
         self._contexts: list[weakref.ref] = []
+        self._adapters: dict[Path, Adapter] = {}
         self._pieces: dict[int, bytes] = {}
         trim_heap()
 
@@ -132,11 +147,13 @@ class Model:
         return f"Model({self.path.name!r}, n_vocab={self.n_vocab})"
 
     def close(self) -> None:
-        """Free the weights, after every context still open on them."""
+        """Free the weights, after every context still open on them and every adapter."""
         for ref in getattr(self, "_contexts", ()):
             ctx = ref()
             if ctx is not None:
                 ctx.close()
+        for adapter in getattr(self, "_adapters", {}).values():
+            adapter.close()
         if getattr(self, "_model", None):
             with self.guard():  # remote weights: freeing them is a call to the server
                 llama_cpp.llama_model_free(self._model)
@@ -160,16 +177,19 @@ class Model:
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, special)
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
-        """The bytes a token contributes to the output (control tokens render as nothing)."""
-        cached = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token contributes to the output (control tokens render as nothing; with
+        `special`, as their text: what a prompt that parsed them had written)."""
+        cached = self._pieces.get(token) if not special else None
         if cached is None:
             buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            cached = buf.raw[:n]
+            if not special:
+                self._pieces[token] = cached
         return cached
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -264,8 +284,22 @@ class Model:
         return self._meta_int("block_count") or 0
 
     @property
+    def n_embd(self) -> int:
+        """Width of the hidden state (0 where the metadata lacks it)."""
+        return self._meta_int("embedding_length") or 0
+
+    @property
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
+
+    def adapter(self, path: str | os.PathLike) -> Adapter:
+        """The LoRA adapter at `path`, loaded for this model once (its tensors sit beside the
+        weights; any number of contexts apply it, each with its own scale). Load adapters
+        before the contexts that use them."""
+        key = Path(path)
+        if key not in self._adapters:
+            self._adapters[key] = Adapter(self, key)
+        return self._adapters[key]
 
     def new_context(
         self,
@@ -274,6 +308,7 @@ class Model:
         n_batch: int = 512,
         n_threads_step: int | None = None,
         n_ubatch: int | None = None,
+        adapters: Sequence[tuple[Adapter, float]] = (),
     ) -> Context:
         ctx = Context(
             self,
@@ -282,9 +317,33 @@ class Model:
             n_batch=n_batch,
             n_threads_step=n_threads_step,
             n_ubatch=n_ubatch,
+            adapters=adapters,
         )
         self._contexts.append(weakref.ref(ctx))
         return ctx
+
+
+class Adapter:
+    """One LoRA adapter GGUF loaded for one model (llama_adapter_lora_init). llama.cpp adds
+    `scale * alpha / rank * B(A x)` beside each adapted weight's product in the contexts
+    that set it; the model's own weights are never changed."""
+
+    def __init__(self, model: Model, path: Path):
+        self.model, self.path = model, path
+        llama_log_tail_clear()
+        self._ptr = llama_cpp.llama_adapter_lora_init(model._model, str(path).encode())
+        if not self._ptr:
+            detail = last_llama_error()
+            raise ModelFileError(
+                f"cannot apply LoRA adapter {path} to {model.path}"
+                + (f": {detail}" if detail else "")
+            )
+
+    def close(self) -> None:
+        """Free the adapter (before its model, after the contexts that use it)."""
+        if getattr(self, "_ptr", None):
+            llama_cpp.llama_adapter_lora_free(self._ptr)
+            self._ptr = None
 
 
 class Context:
@@ -299,9 +358,12 @@ class Context:
         n_batch: int = 512,
         n_threads_step: int | None = None,
         n_ubatch: int | None = None,
+        adapters: Sequence[tuple[Adapter, float]] = (),
     ):
         """n_threads: for batches (prompts, verification); n_threads_step: for single-token
-        decode steps (defaults to n_threads; fewer when contexts decode concurrently)."""
+        decode steps (defaults to n_threads; fewer when contexts decode concurrently).
+        `adapters`: LoRA adapters of this model and their scales, set for the context's
+        life (a fine-tuned model made of the weights plus the adapters)."""
         self.model = model
         self.n_vocab = model.n_vocab
         threads = n_threads or default_threads()
@@ -326,6 +388,9 @@ class Context:
             self._ctx = llama_cpp.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise LocaleftError(f"cannot create a context of {n_ctx} tokens for {model.path.name}")
+        self.adapters = tuple(adapters)
+        if self.adapters:
+            self._set_adapters()
         self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx)))  # llama.cpp may pad it
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -345,6 +410,16 @@ class Context:
         self._dirty = False
         self._all = False
         trim_heap()
+
+    def _set_adapters(self) -> None:
+        n = len(self.adapters)
+        ptrs = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(a._ptr for a, _ in self.adapters))
+        scales = (ctypes.c_float * n)(*(s for _, s in self.adapters))
+        if llama_cpp.llama_set_adapters_lora(self._ctx, ptrs, n, scales) != 0:
+            names = ", ".join(a.path.name for a, _ in self.adapters)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+            raise LocaleftError(f"llama.cpp refused LoRA adapters {names} on {self.model.path}")
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -451,6 +526,10 @@ class Context:
         """The last call's logits rows are at hand, asked for as n rows (their values depend
         on which rows the call asked for)."""
         return (len(self._rows) if self._rows is not None else self._n_out) == n
+
+    def holds_with_row(self, tokens: list[int]) -> bool:
+        """The cache holds exactly `tokens`, the logits row of the last one at hand."""
+        return self._has_rows(1) and self.tokens == tokens
 
     def truncate(self, n: int) -> None:
         """Forget every token after the first n (KV cache removal)."""

@@ -9,6 +9,7 @@ processing speed, and peak RSS against the GGUF sizes plus KV caches.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 import time
@@ -19,7 +20,7 @@ import numpy as np
 
 from .native import default_threads, supports_gpu_offload
 from .eft import Combiner, Term
-from .engine import Emulator
+from .engine import Emulator, LoRA
 from .sampling import Sampler, SamplingParams
 
 PROMPT = [
@@ -46,6 +47,19 @@ def peak_rss_bytes() -> int:
     return rss if os.uname().sysname == "Darwin" else rss * 1024
 
 
+def _model_row(model) -> dict:
+    """A role's file and size for the report (a LoRA: its model's, and its adapters)."""
+    if isinstance(model, LoRA):
+        row = _model_row(model.model)
+        row["adapters"] = [_model_row(p) | {"scale": s} for p, s in model.adapters]
+        return row
+    return {"path": str(model), "size_bytes": Path(model).stat().st_size}
+
+
+def _adapter_files(em: Emulator) -> set[Path]:
+    return {p for src in em.sources.values() for p, _ in src.adapters}
+
+
 def _kv_bytes(em: Emulator) -> int:
     """KV cache bytes of every context (llama.cpp allocates them at context creation)."""
     return sum(r.model.kv_bytes(r.ctx.n_ctx) for r in em.group.roles)
@@ -55,6 +69,8 @@ class _Alone:
     """One model through plain llama-cpp-python: greedy decode, the baseline."""
 
     def __init__(self, path, n_ctx, n_threads, n_gpu_layers, repack):
+        """`path`: a model file, or a LoRA (its model with its adapters set on the context)."""
+        model = path.model if isinstance(path, LoRA) else path
         # Llama takes no repack setting: its model parameters come from llama.cpp's defaults
         # (repack on), so the baseline gets the emulator's weight layout through them.
         defaults = llama_cpp.llama_cpp.llama_model_default_params
@@ -67,7 +83,7 @@ class _Alone:
         llama_cpp.llama_cpp.llama_model_default_params = model_params
         try:
             self.llm = llama_cpp.Llama(
-                model_path=str(path),
+                model_path=str(model),
                 n_ctx=n_ctx,
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
@@ -78,6 +94,15 @@ class _Alone:
         finally:
             llama_cpp.llama_cpp.llama_model_default_params = defaults
         self.n_vocab = self.llm.n_vocab()
+        if isinstance(path, LoRA):
+            self._adapters = [
+                llama_cpp.llama_adapter_lora_init(self.llm.model, str(p).encode())
+                for p, _ in path.adapters
+            ]
+            n = len(self._adapters)
+            ptrs = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*self._adapters)
+            scales = (ctypes.c_float * n)(*(s for _, s in path.adapters))
+            llama_cpp.llama_set_adapters_lora(self.llm.ctx, ptrs, n, scales)
 
     def decode_seconds(self, prompt: list[int], n: int) -> float:
         llm = self.llm
@@ -219,10 +244,7 @@ def run(
             "repack": repack,
             "gpu_offload": supports_gpu_offload(),
         },
-        "models": {
-            role: {"path": str(p), "size_bytes": Path(p).stat().st_size}
-            for role, p in paths.items()
-        },
+        "models": {role: _model_row(p) for role, p in paths.items()},
         "n_tokens": n_tokens,
         "reps": reps,
         "sampling": sampling,
@@ -236,7 +258,8 @@ def run(
         "prompt_tokens_per_second": prompt_tps,
         "memory": {
             "peak_rss_bytes": engine_peak,
-            "gguf_bytes": sum(m.path.stat().st_size for m in em.group.models.values()),
+            "gguf_bytes": sum(m.path.stat().st_size for m in em.group.models.values())
+            + sum(p.stat().st_size for p in _adapter_files(em)),
             "kv_bytes": _kv_bytes(em),
         },
     }

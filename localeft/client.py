@@ -57,8 +57,11 @@ class Client:
         self.base_prompt: str = info.get("base_prompt", "template")
         self.weights: str = info.get("weights", "")
         self.repack: bool | None = info.get("repack")
-        self.roles: dict[str, str] = info.get("roles", info["files"])
+        self.roles: dict[str, str] = info["files"]
         self.expert_weights: list[float] = info.get("expert_weights", [])
+        self.adapters: dict[str, list] = {
+            label: [tuple(a) for a in pairs] for label, pairs in info.get("adapters", {}).items()
+        }
         self.defaults: dict = info.get("defaults", {})
         self.models = {label: ServedModel(Path(p)) for label, p in info["files"].items()}
         self.placement: list[dict] = []
@@ -251,6 +254,7 @@ class RemoteStream:
                 list(self.tokens),
                 "interrupted",
                 Stats(weights=self._client.weights),
+                content="".join(self._text),
             )
         self._hang_up()
 

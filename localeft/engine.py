@@ -18,13 +18,14 @@ from typing import Sequence
 import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
-from . import placement
+from . import placement, toolformat
 from . import rpc as rpc_module
 from . import validate
 from .backend import Model
 from .decoding import Stats
 from .eft import log_softmax
 from .ensemble import Ensemble, Expert, checked_models
+from .lora import LoRA, Source
 from .errors import ClosedError, InvalidParameterError
 from .generation import Generation, Job, Stream, start
 from .grammar import Grammar
@@ -33,9 +34,19 @@ from .render import RolePrompts
 from .request import MAX_TOP_LOGPROBS, MODES, Request, build, check_prompt, check_text, is_ids
 from .scoring import Score, next_token_rows, score_tokens
 from .speculative import use_speculative
+from .tools import check_tools
 from .vocab import VocabCheck
 
-__all__ = ["Emulator", "Expert", "Generation", "Stats", "Stream", "MODES", "MAX_TOP_LOGPROBS"]
+__all__ = [
+    "Emulator",
+    "Expert",
+    "LoRA",
+    "Generation",
+    "Stats",
+    "Stream",
+    "MODES",
+    "MAX_TOP_LOGPROBS",
+]
 
 
 class Emulator:
@@ -43,7 +54,9 @@ class Emulator:
 
     Up-scaling: `Emulator(large_base=..., small_ft=..., small_base=..., beta=1.0)`.
     General: `Emulator(base=..., experts=[Expert(ft, ref, weight), ...])`; down-scaling is
-    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. `drafter` picks the expert
+    `base=small_base, experts=[Expert(ft=large_ft, ref=large_base)]`. Any model may be a
+    `LoRA(model, adapter)`: the fine-tuned model as a small base plus a LoRA adapter GGUF,
+    which shares the base's one load of the weights. `drafter` picks the expert
     whose fine-tuned model drafts for speculative decoding, runs alone in mode "ft", supplies
     the chat template and decides end of generation. `overlap` (default: on for CPU-only runs
     with 2+ threads) decodes the base model concurrently with the others, the cores split in
@@ -59,7 +72,10 @@ class Emulator:
     `rpc_split=[w1, ..., wn(, w_here)]` sets the shares (one per server, then optionally one for
     this machine). `rpc_timeout` bounds one remote call: a server that stops answering ends the
     process with one line after that many seconds, as llama.cpp ends it when a server dies
-    (`placement` says where the layers went; docs/DISTRIBUTED.md).
+    (`placement` says where the layers went; docs/DISTRIBUTED.md). `rpc_output` keeps the
+    base's output layer here ("local": a hidden state crosses the network per token instead
+    of n_vocab logits) or on its server ("remote"); "auto" decides from the link measured at
+    connect and the layer's cost here (`rpc_output_choice` says which and why).
 
     Thread-safe: requests from several threads run one at a time (llama.cpp contexts are not
     thread-safe); a stream takes its turn token by token, and one left suspended while other
@@ -85,6 +101,7 @@ class Emulator:
         rpc: Sequence[str] | None = None,
         rpc_split: Sequence[float] | None = None,
         rpc_timeout: float = rpc_module.DEFAULT_TIMEOUT,
+        rpc_output: str = "auto",
     ):
         base, self.experts = checked_models(large_base, small_ft, small_base, base, experts)
         self.n_ctx = validate.integer("n_ctx", n_ctx, 8)
@@ -95,7 +112,7 @@ class Emulator:
         validate.integer("drafter", drafter, 0, len(self.experts) - 1)
         validate.flag("overlap", overlap)
         self.repack = bool(validate.flag("repack", repack))
-        remote = placement.remote(rpc, rpc_split, rpc_timeout)
+        remote = placement.remote(rpc, rpc_split, rpc_timeout, rpc_output)
         self.beta = beta  # validated by the setter
         self.group = Ensemble(
             base,
@@ -126,6 +143,11 @@ class Emulator:
         return self.group.overlap
 
     @property
+    def expert_weights(self) -> list[float]:
+        """Each expert's weight, in order (one expert: [1.0] unless set otherwise)."""
+        return [e.weight for e in self.experts]
+
+    @property
     def weights(self) -> str:
         """The weight layout results come from: "repacked" (llama.cpp's repacked CPU copy of
         some weights, `repack=True`) or "mmap" (the file's own layout)."""
@@ -140,11 +162,34 @@ class Emulator:
         return {r.label: r.model for r in self.group.roles}
 
     @property
+    def sources(self) -> dict[str, Source]:
+        """Each role's model file and the LoRA adapters on it (with their scales), by label."""
+        return dict(self.group.sources)
+
+    @property
+    def adapters(self) -> dict[str, list[tuple[str, float]]]:
+        """The adapted roles' adapters as (path, scale), by label ({} without LoRA): what
+        JSON output and saved chats record beside the model files."""
+        return {
+            label: [(str(p), s) for p, s in src.adapters]
+            for label, src in self.group.sources.items()
+            if src.adapters
+        }
+
+    @property
     def placement(self) -> list[dict]:
         """Where the base model's layers are when RPC servers hold some ([] when all local):
         per place ("local", then each server), its layers ("0-13", "14-27+output") and the MiB of
         weights there."""
         return [dict(row) for row in self.group.placement]
+
+    @property
+    def rpc_output_choice(self) -> dict | None:
+        """Where the base's output layer is when RPC servers hold its layers ("local" or
+        "remote") and why, e.g. {"where": "local", "why": "auto: 601 KB more per token ..."};
+        None without RPC."""
+        out = self.group.output
+        return None if out is None else {"where": out.choice.where, "why": out.choice.why}
 
     @property
     def closed(self) -> bool:
@@ -155,11 +200,14 @@ class Emulator:
             raise ClosedError("this Emulator is closed")
 
     # --- public API ------------------------------------------------------------------------
-    def prompt_tokens(self, prompt: str | Sequence[Message]) -> dict[str, list[int]]:
-        """The token ids each context sees for this prompt, by role label (base, ft, ref)."""
+    def prompt_tokens(
+        self, prompt: str | Sequence[Message], *, tools: Sequence[dict] | None = None
+    ) -> dict[str, list[int]]:
+        """The token ids each context sees for this prompt (and tools, for chat), by role
+        label (base, ft, ref)."""
         self._check_open()
         kind, checked = check_prompt(prompt)
-        prompts = self.prompts.tokens(kind, checked, self.group.indices("eft"))
+        prompts = self.prompts.tokens(kind, checked, self.group.indices("eft"), check_tools(tools))
         return {self.group.roles[i].label: toks for i, toks in prompts.items()}
 
     def logprobs(
@@ -265,7 +313,14 @@ class Emulator:
         req.penalties.within(group.n_vocab)
         indices = group.indices(req.mode)
         text_model = group.roles[group.base].model if req.mode == "base" else group.ft_model
-        prompts, replies = self.prompts.with_replies(req.kind, req.prompt, indices)
+        prompts, replies = self.prompts.with_replies(req.kind, req.prompt, indices, req.tools)
+        family, grammar = None, req.grammar
+        if req.tools and req.tool_choice != "none":
+            family = toolformat.family(group.ft_model.chat_template)  # rendering checked it
+            if req.forced_call:
+                grammar = toolformat.call_grammar(
+                    family, req.tools, req.tool_choice, req.parallel_tool_calls
+                )
         return Job(
             request=req,
             indices=indices,
@@ -273,9 +328,15 @@ class Emulator:
             replies=replies,
             beta=self.beta if req.beta is None else req.beta,
             speculative=req.mode == "eft"
-            and use_speculative(req.speculative, self.gpu_offload, req.draft_tokens),
-            grammar=None if req.grammar is None else Grammar(text_model, req.grammar),
+            and use_speculative(
+                req.speculative,
+                self.gpu_offload,
+                req.draft_tokens,
+                masked_sampling=grammar is not None and not req.sampling.greedy,
+            ),
+            grammar=None if grammar is None else Grammar(text_model, grammar),
             text_model=text_model,
+            tool_family=family,
         )
 
     def close(self) -> None:

@@ -7,7 +7,9 @@ It knows nothing of sampling, stop strings or text: token ids in, logits views o
 Roles: context 0 is the base model; each expert adds a fine-tuned context ("ft") and a
 reference context ("ref"), both shared when files repeat (one model file used as the ref of
 two experts is loaded, and run, once). Pre-trained contexts (base, refs) are "base"-kind and
-see the base rendering of a chat; fine-tuned ones are "ft"-kind.
+see the base rendering of a chat; fine-tuned ones are "ft"-kind. A role may be a model with
+LoRA adapters (lora.LoRA): its context is keyed by (file, kind, adapters) over the one Model
+of that file, so a small base and its adapted fine-tune share one load of the weights.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from typing import Iterator, Sequence
 import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
-from . import layout, placement, rpc, validate
+from . import layout, lora, outputcost, placement, rpc, rpclink, validate
 from .backend import Context, Model, check_gguf_file
+from .ggufinfo import Header, read_header
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
 from .layout import Span
 from .errors import InsufficientMemoryError, InvalidParameterError, LocaleftWarning
+from .errors import ModelFileError
 from .vocab import check_vocabularies
 
 
@@ -51,10 +55,11 @@ class Role:
 
 @dataclass(frozen=True)
 class Expert:
-    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`."""
+    """A fine-tuning delta: `weight · (log p_ft − log p_ref)`. `ft` and `ref` are model paths
+    or `LoRA(model, adapter)`s."""
 
-    ft: str | os.PathLike
-    ref: str | os.PathLike
+    ft: str | os.PathLike | lora.LoRA
+    ref: str | os.PathLike | lora.LoRA
     weight: float = 1.0
 
 
@@ -69,11 +74,11 @@ def checked_models(large_base, small_ft, small_base, base, experts) -> tuple:
         if any(x is None for x in trio):
             raise InvalidParameterError("up-scaling needs large_base, small_ft and small_base")
         for name, value in zip(("large_base", "small_ft", "small_base"), trio):
-            validate.path(name, value)
+            lora.checked(name, value)
         base, experts = large_base, [Expert(ft=small_ft, ref=small_base)]
     if base is None or not experts:
         raise InvalidParameterError("an Emulator needs a base model and at least one expert")
-    validate.path("base", base)
+    lora.checked("base", base)
     if isinstance(experts, (str, bytes, Expert)) or not isinstance(experts, Sequence):
         raise InvalidParameterError("experts must be a list of Expert(ft, ref, weight)")
     return base, [_expert(e, i) for i, e in enumerate(experts)]
@@ -85,8 +90,8 @@ def _expert(e, i: int) -> Expert:
             f"experts[{i}] must be an Expert(ft=..., ref=..., weight=...), got {e!r}"
         )
     return Expert(
-        validate.path(f"experts[{i}].ft", e.ft),
-        validate.path(f"experts[{i}].ref", e.ref),
+        lora.checked(f"experts[{i}].ft", e.ft),
+        lora.checked(f"experts[{i}].ref", e.ref),
         validate.weight(f"experts[{i}].weight", e.weight),
     )
 
@@ -126,6 +131,7 @@ class Ensemble:
         self.placement: list[dict] = []  # where the base model's layers are, when remote
         self.devices: list[rpc.Device] = []  # the RPC servers' devices it uses
         self.plan: placement.Plan | None = None
+        self.output: OutputPlace | None = None  # where the base's output layer is, when remote
         try:
             self._load(
                 base, experts, drafter, n_ctx, n_gpu_layers, n_threads, overlap, repack, remote
@@ -146,16 +152,30 @@ class Ensemble:
                 (e.ref, "base", f"ref{i}" if many else "ref"),
             )
         ]
-        keys = [(Path(path).expanduser().resolve(), kind, label) for path, kind, label in specs]
-        files = list(dict.fromkeys(p for p, _, _ in keys))
+        keys = [(lora.source(value), kind, label) for value, kind, label in specs]
+        files = list(dict.fromkeys(src.path for src, _, _ in keys))
+        adapted = list(dict.fromkeys((src.path, a) for src, _, _ in keys for a, _ in src.adapters))
         # Everything that can fail cheaply fails before the first weight is read.
-        for p in files:
-            check_gguf_file(p)
-        base_path = keys[0][0]
-        devices = remote.connect() if remote else []
-        contexts = [p for p, _ in dict.fromkeys((p, kind) for p, kind, _ in keys)]
-        self.vocab, plan = self._precheck(
-            files, contexts, n_ctx, n_gpu_layers, base_path, devices, remote and remote.split
+        self.headers = _check_files(files, adapted)
+        base_path = keys[0][0].path
+        if remote and keys[0][0].adapters:
+            raise InvalidParameterError(
+                "LoRA adapters on the base model are not supported with RPC servers"
+            )
+        devices, links = remote.connect() if remote else ([], {})
+        unique = list(dict.fromkeys((src, kind) for src, kind, _ in keys))
+        cores = _threads(n_threads)
+        self.vocab, plan, self.output = self._precheck(
+            files,
+            [src.path for src, _ in unique],
+            n_ctx,
+            n_gpu_layers,
+            base_path,
+            devices,
+            links,
+            remote,
+            cores,
+            sum(a.stat().st_size for _, a in adapted),
         )
         self.devices, self.plan = devices, plan
         watchdog = rpc.Watchdog(remote.timeout, remote.endpoints) if remote else None
@@ -167,43 +187,60 @@ class Ensemble:
                     devices=[d.handle for d in devices],
                     tensor_split=plan.weights,
                     repack=repack,
+                    output_here=self.output is not None and self.output.here,
                     watchdog=watchdog,
                 )
-                self.placement = placement.placement_rows(plan, devices, self.models[p].load_log)
+                self.placement = placement.placement_rows(
+                    plan,
+                    devices,
+                    self.models[p].load_log,
+                    output_here=self.output.here,
+                    links=links,
+                )
             else:
                 self.models[p] = Model(p, n_gpu_layers=n_gpu_layers, repack=repack)
+        for p, a in adapted:  # before any context of the model: llama.cpp sizes graphs by them
+            self.models[p].adapter(a)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
         # The weight layout results depend on (Stats.weights): llama.cpp's repacked CPU copy
         # of some weights, or the file's own layout (mmap'd)
         self.weights = "repacked" if any(m.repacked for m in self.models.values()) else "mmap"
-        unique = list(dict.fromkeys((p, kind) for p, kind, _ in keys))
-        cores = _threads(n_threads)
         # Sizes are what each model computes here: a base all on RPC servers only waits.
-        sizes = [self.models[p].size_bytes for p, _ in unique]
+        sizes = [self.models[src.path].size_bytes for src, _ in unique]
         if plan is not None:
-            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1)
+            sizes[0] = sizes[0] * plan.local_layers // (plan.n_layer + 1) + self.output.nbytes
         step = step_threads(
             sizes,
             cores,
             enabled=overlap is not False and not self.gpu_offload,
+            waits=plan is not None and plan.local_layers == 0,
         )
         self._split, self._cores = step, cores
         index = {}
-        for (p, kind), n_step in zip(unique, step or [None] * len(unique)):
-            label = next(lab for q, k, lab in keys if (q, k) == (p, kind))
-            ctx = self.models[p].new_context(n_ctx, cores, n_threads_step=n_step)
-            index[(p, kind)] = len(self.roles)
+        for (src, kind), n_step in zip(unique, step or [None] * len(unique)):
+            label = next(lab for q, k, lab in keys if (q, k) == (src, kind))
+            model = self.models[src.path]
+            ctx = model.new_context(
+                n_ctx,
+                cores,
+                n_threads_step=n_step,
+                adapters=[(model.adapter(a), scale) for a, scale in src.adapters],
+            )
+            index[(src, kind)] = len(self.roles)
             self.roles.append(Role(label, ctx, kind))
         self.n_ctx = min(r.ctx.n_ctx for r in self.roles)
-        at = [index[(p, kind)] for p, kind, _ in keys]
+        at = [index[(src, kind)] for src, kind, _ in keys]
         self.base = at[0]
         self.terms = [(at[1 + 2 * i], at[2 + 2 * i], e.weight) for i, e in enumerate(experts)]
         self.drafter = self.terms[drafter][0]  # the fine-tuned context that drafts and runs alone
-        self.files = {label: p for p, _, label in keys}  # every role, shared files included
+        self.files = {label: src.path for src, _, label in keys}  # every role's model file
+        self.sources = {label: src for src, _, label in keys}  # ... and its adapters
         # CPU layout: measured, unless forced (overlap=True/False) or moot (GPU, one core).
         self.layout = "overlap" if step is not None else "sequential"
         self.layout_probe: dict[str, float] | None = None
-        self._probe = list(PROBE) if step is not None and overlap is None else None
+        # A base that computes nothing here only waits for its servers: overlap, unmeasured.
+        probe = step is not None and overlap is None and sizes[0] > 0
+        self._probe = list(PROBE) if probe else None
         self._probe_times: dict[str, list[float]] = {"overlap": [], "sequential": []}
         if step is not None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="localeft")
@@ -216,15 +253,19 @@ class Ensemble:
         n_gpu_layers: int,
         base_path: Path,
         devices: list[rpc.Device],
-        split: tuple[float, ...] | None,
+        links: dict[str, rpclink.Link | None],
+        remote: placement.Remote | None,
+        cores: int,
+        adapter_bytes: int = 0,
     ):
         """Vocabularies, trained context and memory, from each file's metadata and tokenizer
         alone (llama.cpp's vocab-only load): a mismatch or a trio that cannot fit is reported
         in a second, not after minutes of loading weights. With RPC `devices`, also where the
-        base's layers go (rpc.plan): what goes there does not count here. Returns the
-        vocabulary check and that plan (None without RPC)."""
+        base's layers go (rpc.plan) and its output layer (placement.output_here): what goes
+        there does not count here. Returns the vocabulary check, that plan (None without RPC)
+        and the output choice."""
         heads = [Model(p, vocab_only=True) for p in files]
-        plan = None
+        plan, output = None, None
         try:
             vocab = check_vocabularies(heads)
             for m in heads:
@@ -236,7 +277,8 @@ class Ensemble:
                         stacklevel=4,
                     )
             kv_per_file = {m.path: m.kv_bytes(n_ctx) for m in heads}
-            n_layer = next(m.n_layer for m in heads if m.path == base_path)
+            head = next(m for m in heads if m.path == base_path)
+            n_layer, n_embd, n_vocab = head.n_layer, head.n_embd, head.n_vocab
         finally:
             for m in heads:
                 m.close()
@@ -244,15 +286,16 @@ class Ensemble:
         if devices:
             size, n_kv = base_path.stat().st_size, contexts.count(base_path)
             per_layer = size / (n_layer + 1) + n_kv * kv_per_file[base_path] / max(n_layer, 1)
-            plan = placement.plan(n_layer, devices, split, per_layer)
+            plan = placement.plan(n_layer, devices, remote.split, per_layer)
             placement.check_remote_memory(plan, devices, per_layer)
+            output = _output_place(remote, plan, devices, links, base_path, n_embd, n_vocab, cores)
             # The input embedding always stays here: about one layer's worth.
-            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2)
+            here[base_path] = size * (plan.local_layers + 1) // (n_layer + 2) + output.nbytes
             kv_per_file[base_path] = (
                 kv_per_file[base_path] * min(plan.local_layers, n_layer) // max(n_layer, 1)
             )
         kv = sum(kv_per_file[p] for p in contexts)
-        weights = sum(here.values())
+        weights = sum(here.values()) + adapter_bytes
         free = available_memory()
         need = weights + kv
         if free is not None and need > free:
@@ -263,7 +306,7 @@ class Ensemble:
                 f"{free / gib:.1f} GiB of memory is available; use a smaller context (n_ctx), "
                 "smaller quantisations, GPU offload, or RPC servers (--rpc)"
             )
-        return vocab, plan
+        return vocab, plan, output
 
     # --- what the group is -----------------------------------------------------------------
     @property
@@ -297,12 +340,14 @@ class Ensemble:
     ) -> None:
         """Bring each context to its token list, logits of the last position ready, decoded in
         the generation layout (layout.plan: prompt stretches in chunks of n_ubatch from their
-        start, `replies[i]` one token per call) and reusing only what the KV cache holds of
-        that layout (`Context.n_evaluated` counts what was decoded)."""
+        start, `replies[i]` one token per call on a CPU, in chunks with GPU offload) and
+        reusing only what the KV cache holds of that layout (`Context.n_evaluated` counts what
+        was decoded)."""
         for i, toks in prompts.items():
             ctx = self.roles[i].ctx
             spans = replies.get(i, ()) if replies else ()
-            ctx.bring(layout.plan(toks, spans, ctx.n_ubatch), len(toks), 1)
+            reply_chunk = ctx.n_ubatch if self.gpu_offload else 1
+            ctx.bring(layout.plan(toks, spans, ctx.n_ubatch, reply_chunk), len(toks), 1)
 
     def rows(self, indices: Sequence[int], n: int = 1) -> list[np.ndarray]:
         """The last decode's logits rows per context (float32 views; on a GPU this waits for
@@ -367,12 +412,21 @@ class Ensemble:
         self, blocks: dict[int, list[int]], n_rows: int, seconds: dict[str, float]
     ) -> list[np.ndarray | None]:
         """Bring each given context to its token list in one batch, with logits at its last
-        n_rows positions; returns rows by context index (None where not given)."""
+        n_rows positions; returns rows by context index (None where not given). A context that
+        holds all but the last n_rows - 1 tokens with its last row at hand (just after the
+        prompt) decodes only those: its prompt keeps the layout it was decoded in."""
         out: list[np.ndarray | None] = [None] * len(self.roles)
+        first: dict[int, np.ndarray] = {}
         for i, toks in blocks.items():
-            seconds[self.roles[i].label] += _timed(self.roles[i].ctx.sync_decode, toks, n_rows)
+            ctx, k = self.roles[i].ctx, n_rows - 1
+            if k and ctx.holds_with_row(toks[:-k]):
+                first[i] = ctx.logits(1).copy()
+                seconds[self.roles[i].label] += _timed(ctx.decode, toks[-k:], k)
+            else:
+                seconds[self.roles[i].label] += _timed(ctx.sync_decode, toks, n_rows)
         for i in blocks:
-            out[i] = self.roles[i].ctx.logits(n_rows)
+            rows = self.roles[i].ctx.logits(n_rows - (i in first))
+            out[i] = np.concatenate([first[i], rows]) if i in first else rows
         return out
 
     @contextlib.contextmanager
@@ -413,6 +467,54 @@ class Ensemble:
             m.close()
 
 
+@dataclass(frozen=True)
+class OutputPlace:
+    """Where the base's output layer is (`choice`: here or not, and why) and the bytes of it
+    this machine holds and computes per token (0 when it is remote)."""
+
+    choice: placement.OutputChoice
+    nbytes: int
+
+    @property
+    def here(self) -> bool:
+        return self.choice.here
+
+
+def _output_place(remote, plan, devices, links, path, n_embd, n_vocab, cores) -> OutputPlace:
+    """Keep the output layer here or on its server (placement.output_here): "auto" measures
+    the layer's matrix-vector product on this CPU with every core."""
+    dev = placement.output_device(plan, devices)
+    if dev is None:
+        return OutputPlace(placement.OutputChoice(True, "its layers stay here"), 0)
+    layer = outputcost.output_layer(path, n_embd) if n_embd else None
+    link = links.get(dev.endpoint)
+    local = None
+    if remote.output == "auto" and link is not None and layer is not None:
+        local = outputcost.matvec_seconds(layer, cores)
+    saved = (n_vocab - n_embd) * 4
+    choice = placement.output_here(remote.output, dev.endpoint, link, saved, local)
+    return OutputPlace(choice, layer.nbytes if layer and choice.here else 0)
+
+
+def _check_files(files: list[Path], adapted: list[tuple[Path, Path]]) -> dict[Path, Header]:
+    """Every model file is a GGUF model (not an adapter), every adapter a LoRA adapter GGUF
+    that fits its model: from the headers alone, before any weights load. Returns the
+    headers read, by path."""
+    headers: dict[Path, Header] = {}
+    for p in files:
+        check_gguf_file(p)
+        headers[p] = read_header(p)
+        lora.check_model(headers[p])
+    for p, a in adapted:
+        if not a.exists():
+            raise ModelFileError(f"LoRA adapter file not found: {a}")
+        check_gguf_file(a)
+        if a not in headers:
+            headers[a] = read_header(a)
+        lora.check_adapter(headers[p], headers[a])
+    return headers
+
+
 def _threads(requested: int | None) -> int:
     """Threads per decode: as asked, but never more than the cores this process may use
     (oversubscribed, llama.cpp's spinning workers ran 13x slower here)."""
@@ -435,17 +537,23 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def step_threads(sizes: list[int], cores: int, enabled: bool) -> list[int] | None:
+def step_threads(
+    sizes: list[int], cores: int, enabled: bool, waits: bool = False
+) -> list[int] | None:
     """Threads for single-token steps when context 0 (the base) decodes concurrently with the
     rest, which run one after another: cores split in proportion to model size (decode time on
-    a CPU follows the bytes read). None where overlap is off or there is nothing to split."""
+    a CPU follows the bytes read). `waits`: the base's layers are on RPC servers and its thread
+    mostly waits for them (then computes its share here, such as the output layer, in a burst):
+    the others keep every core. None where overlap is off or there is nothing to split."""
     if not enabled or len(sizes) < 2:
         return None
     if sizes[0] == 0:  # the base computes on RPC servers: its thread only waits for them
         return [1] + [cores] * (len(sizes) - 1)
+    share = round(cores * sizes[0] / sum(sizes))
+    if waits:
+        return [min(max(share, 1), cores)] + [cores] * (len(sizes) - 1)
     if cores < 2:
         return None
-    share = round(cores * sizes[0] / sum(sizes))
     base = min(max(share, 1), cores - 1)
     return [base] + [cores - base] * (len(sizes) - 1)
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from . import toolformat
 from .backend import Model
 from .constraints import Constraints, GrammarDeadEnd
 from .decoding import PlainDecoder
@@ -33,6 +34,7 @@ class Stream:
     def __init__(self, pieces: Iterator[str] | None = None):
         self._pieces = pieces if pieces is not None else iter(())
         self.generation: Generation | None = None
+        self.tool_family: str | None = None  # calls will be read from the text (toolformat)
         self.tokens: list[int] = []  # so far
         self.records: list[TokenInfo] = []  # so far, with logprobs=N (may run ahead of tokens)
 
@@ -59,11 +61,13 @@ class Job:
     speculative: bool
     grammar: Grammar | None
     text_model: Model  # its pieces make the text; its end-of-generation tokens end it
+    tool_family: str | None = None  # tool calls are read from the text (toolformat.py)
 
 
 def start(group: Ensemble, job: Job, check_open: Callable[[], None]) -> Stream:
     """A Stream over the job's pieces (nothing runs before the first is asked for)."""
     out = Stream()
+    out.tool_family = job.tool_family
     out._pieces = _run(group, job, out, check_open)
     return out
 
@@ -133,8 +137,14 @@ def _run(group: Ensemble, job: Job, out: Stream, check_open) -> Iterator[str]:
         if len(job.indices) > 1 and group.has_layouts:
             stats.layout, stats.layout_probe = group.layout, group.layout_probe
         records = None if recorder is None else recorder.records[: len(tokens)]
+        calls, content = [], text.text
+        if job.tool_family is not None:
+            parsed = toolformat.parse(job.tool_family, text.text)
+            calls, content = parsed.calls, parsed.content
+            if calls and finish in ("eog", "stop", "grammar"):
+                finish = "tool_calls"
         out.generation = Generation(
-            text.text, list(tokens), finish, stats, req.sampling.seed, records
+            text.text, list(tokens), finish, stats, req.sampling.seed, records, calls, content
         )
     if rest:
         yield rest

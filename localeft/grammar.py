@@ -66,14 +66,14 @@ class Grammar:
         self.text, self.root = text, root
         if _sampler is None:
             if not isinstance(text, str) or not text.strip():
-                raise InvalidParameterError("the grammar is empty")
+                raise InvalidParameterError("the grammar is empty", param="grammar")
             llama_log_tail_clear()
             with captured_stderr() as printed:
                 _sampler = llama_cpp.llama_sampler_init_grammar(
                     model.vocab_ptr, text.encode("utf-8"), root.encode("utf-8")
                 )
             if not _sampler:
-                raise InvalidParameterError(f"invalid grammar: {_reason(printed)}")
+                raise InvalidParameterError(f"invalid grammar: {_reason(printed)}", param="grammar")
         self._smpl = _sampler
         self._n = model.n_vocab
         self._data = np.zeros(self._n, dtype=_TOKEN)

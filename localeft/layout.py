@@ -13,7 +13,10 @@ A layout is a list of calls `(start, tokens)`, in order, covering a context's to
   stretch's own start (the last chunk partial); each reply stretch (an assistant message of the
   history) one token per call, as generation decodes tokens. A raw prompt is one prompt stretch;
   a chat's stretches come from its rendered messages. So a chat that grows turn by turn reuses
-  its caches whole, and a cold request with the same history computes the same bytes.
+  its caches whole, and a cold request with the same history computes the same bytes (paying
+  one call per token of its old replies). With GPU offload replies are decoded in chunks too
+  (`reply_chunk`): there a batch costs about one step, and speculative decoding (on by default)
+  verifies drafted blocks, so its replies are not single-token calls anyway.
 - scoring (`scoring_plan`): the whole scored sequence in chunks of SCORE_CHUNK from position 0,
   every row of a chunk that holds a scored position asked for. The rows then do not depend on
   where the prompt ends and the continuation starts: `score`, `eval`, `logprobs(after=)` and
@@ -46,14 +49,16 @@ def stretches(n: int, replies: Sequence[Span]) -> list[tuple[int, int, bool]]:
     return out
 
 
-def plan(tokens: Sequence[int], replies: Sequence[Span] = (), chunk: int = 128) -> list[Call]:
-    """The generation layout of a token list whose reply stretches are `replies`."""
+def plan(
+    tokens: Sequence[int], replies: Sequence[Span] = (), chunk: int = 128, reply_chunk: int = 1
+) -> list[Call]:
+    """The generation layout of a token list whose reply stretches are `replies`: prompt
+    stretches in chunks of `chunk`, replies in chunks of `reply_chunk` (1: one token per call,
+    as plain generation decodes them), each from its stretch's start."""
     calls: list[Call] = []
     for a, b, reply in stretches(len(tokens), replies):
-        if reply:
-            calls += [(p, (tokens[p],)) for p in range(a, b)]
-        else:
-            calls += [(s, tuple(tokens[s : min(s + chunk, b)])) for s in range(a, b, chunk)]
+        step = reply_chunk if reply else chunk
+        calls += [(s, tuple(tokens[s : min(s + step, b)])) for s in range(a, b, step)]
     return calls
 
 

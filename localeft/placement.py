@@ -1,8 +1,8 @@
 """Where a large base's layers go when RPC servers hold some: the settings (`Remote`), the plan
-(how many layers on each server and here, from their free memory or a given split), and the
-rows `check`, `-v` and `Stats.placement` show.
+(how many layers on each server and here, from their free memory or a given split), where the
+output layer goes (`output_here`), and the rows `check`, `-v` and `Stats.placement` show.
 
-Pure arithmetic over what `rpc` reports of the servers; `rpc` does the talking.
+Arithmetic over what `rpc` and `rpclink` report of the servers; they do the talking.
 """
 
 from __future__ import annotations
@@ -13,40 +13,94 @@ from typing import Sequence
 from . import validate
 from .errors import InsufficientMemoryError, InvalidParameterError, RpcError
 from .rpc import DEFAULT_TIMEOUT, Device, connect, endpoints, probe, require
+from .rpclink import Link, LinkError, measure
+
+OUTPUTS = ("auto", "local", "remote")
 
 
 @dataclass(frozen=True)
 class Remote:
     """Where a model's layers go: RPC servers ("host:port"), an optional split (one weight per
-    server, then optionally one for this machine; None: all remote, by free memory) and the
-    bound on one remote call."""
+    server, then optionally one for this machine; None: all remote, by free memory), the bound
+    on one remote call, and where the output layer goes ("local", "remote", or "auto":
+    `output_here` decides from the measured link)."""
 
     endpoints: tuple[str, ...]
     split: tuple[float, ...] | None = None
     timeout: float = DEFAULT_TIMEOUT
+    output: str = "auto"
 
-    def connect(self) -> list[Device]:
+    def connect(self) -> tuple[list[Device], dict[str, Link | None]]:
         """Check every server with a short handshake first (a one-line error, not llama.cpp's
-        abort), then register them all."""
+        abort), measure the link to each (None where that failed: the server may be of another
+        build), then register them all."""
         for e in self.endpoints:
             probe(e)
-        return [d for e in self.endpoints for d in connect(e)]
+        links: dict[str, Link | None] = {}
+        for e in self.endpoints:
+            try:
+                links[e] = measure(e, timeout=min(self.timeout, 5.0))
+            except LinkError:
+                links[e] = None
+        return [d for e in self.endpoints for d in connect(e)], links
 
 
-def remote(servers, split, timeout) -> Remote | None:
+def remote(servers, split, timeout, output="auto") -> Remote | None:
     """The RPC settings of an Emulator (None: no RPC), checked before anything loads."""
     if servers is None:
         if split is not None:
             raise InvalidParameterError("rpc_split needs rpc (the RPC servers)")
         validate.number("rpc_timeout", timeout, 0.1)
+        validate.choice("rpc_output", output, OUTPUTS)
         return None
     eps = endpoints(servers)
     if not eps:
         raise InvalidParameterError("rpc must name at least one 'HOST:PORT' server, or be None")
     if split is not None:
         split = check_split(split, len(eps))
+    timeout = validate.number("rpc_timeout", timeout, 0.1)
+    output = validate.choice("rpc_output", output, OUTPUTS)
     require()
-    return Remote(tuple(eps), split, validate.number("rpc_timeout", timeout, 0.1))
+    return Remote(tuple(eps), split, timeout, output)
+
+
+@dataclass(frozen=True)
+class OutputChoice:
+    """Where the base's output layer (and final norm) goes, and why, in words."""
+
+    here: bool
+    why: str
+
+    @property
+    def where(self) -> str:
+        return "local" if self.here else "remote"
+
+
+def output_here(
+    choice: str,
+    endpoint: str,
+    link: Link | None,
+    saved_bytes: int,
+    local_seconds: float | None,
+) -> OutputChoice:
+    """Keep the output layer here or not. "local"/"remote" as asked; "auto" keeps it here when
+    computing it here (`local_seconds`, a micro-benchmark beyond the caches) takes less time
+    than the `saved_bytes` of logits over the measured link to `endpoint` (the server that would
+    compute it). That assumes the server computes the layer in no time (a GPU); with CPU
+    servers "local" pays more often (docs/DISTRIBUTED.md). Without a measurement, llama.cpp's
+    own placement: remote."""
+    if choice != "auto":
+        return OutputChoice(choice == "local", f"rpc_output={choice!r}")
+    if link is None or local_seconds is None:
+        return OutputChoice(False, f"auto: the link to {endpoint} could not be measured")
+    network = saved_bytes / link.down
+    here = local_seconds < network
+    return OutputChoice(
+        here,
+        f"auto: {saved_bytes / 1e3:,.0f} KB more per token from {endpoint} take "
+        f"{network * 1000:.1f} ms ({link.describe()}); the layer takes "
+        f"{local_seconds * 1000:.1f} ms here",
+    )
 
 
 @dataclass(frozen=True)
@@ -172,20 +226,38 @@ def check_remote_memory(plan: Plan, devices: list[Device], per_layer: float) -> 
             )
 
 
-def placement_rows(plan: Plan, devices: list[Device], log) -> list[dict]:
+def placement_rows(
+    plan: Plan,
+    devices: list[Device],
+    log,
+    output_here: bool = False,
+    links: dict[str, Link | None] | None = None,
+) -> list[dict]:
     """Where the base model's layers went, JSON-ready, as llama.cpp's load log says (the plan's
-    rule where the log is silent): per place ("local", then each server) its layers and the MiB
-    of weights llama.cpp allocated there."""
+    rule where the log is silent; an output layer kept here by a tensor override is here
+    whatever the log's device): per place ("local", then each server) its layers, the MiB of
+    weights llama.cpp allocated there and, for a server, the link measured to it."""
     where = plan.layers()
     if len(log.layers) == len(where):
         index = {d.name: i for i, d in enumerate(devices)}
         where = [index.get(log.layers[il], -1) for il in range(len(where))]
+    if output_here:
+        where[-1] = -1
     rows = describe(where, devices)
     remote = {d.label: d.buffer for d in devices}
+    endpoint = {d.label: d.endpoint for d in devices}
     for row in rows:
         if row["device"] == "local":
             mib = sum(v for k, v in log.buffers.items() if k not in remote.values())
         else:
             mib = log.buffers.get(remote[row["device"]], 0.0)
+            link = (links or {}).get(endpoint[row["device"]])
+            row["link"] = link.as_dict() if link else None
         row["weights_mib"] = round(mib, 1)
     return rows
+
+
+def output_device(plan: Plan, devices: Sequence[Device]) -> Device | None:
+    """The device llama.cpp gives the output layer (None: this machine)."""
+    i = plan.layers()[-1]
+    return devices[i] if i >= 0 else None

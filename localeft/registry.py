@@ -25,7 +25,9 @@ from localeft.errors import ConfigError, DownloadError, ModelFileError
 
 ROLES = ("large_base", "small_ft", "small_base")
 SHIPPED_CONFIG = Path(__file__).with_name("models.toml")
-_ROLE_KEYS = {"repo", "file", "path", "size_gb"}
+_FILE_KEYS = {"repo", "file", "path", "size_gb"}
+_ROLE_KEYS = _FILE_KEYS | {"adapters"}
+_ADAPTER_KEYS = _FILE_KEYS | {"scale"}
 _SETTINGS = ("beta", "temperature", "n_ctx")  # suggested settings a preset may carry
 
 PathLike = str | os.PathLike
@@ -57,13 +59,28 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named EFT trio plus suggested settings (beta, temperature, n_ctx, ...)."""
+    """A named EFT trio plus suggested settings (beta, temperature, n_ctx, ...). With
+    `adapters` ((ModelRef, scale) pairs: LoRA adapter GGUFs), the small fine-tuned model is
+    the small base with them applied, and `roles` has no small_ft."""
 
     name: str
     description: str
     roles: dict[str, ModelRef]
     settings: dict[str, Any]
     notes: str = ""
+    adapters: tuple[tuple[ModelRef, float], ...] = ()
+
+    def files(self, role: str | None = None) -> list[ModelRef]:
+        """Every file the preset names (or one role's: small_ft's are its adapters), models
+        and adapters, in order: what `pull` downloads and `models` lists."""
+        roles = ROLES if role is None else (role,)
+        out = []
+        for r in roles:
+            if r == "small_ft" and self.adapters:
+                out += [ref for ref, _ in self.adapters]
+            elif r in self.roles:
+                out.append(self.roles[r])
+        return out
 
 
 def user_config_path() -> Path:
@@ -108,6 +125,17 @@ def _merge(presets: dict[str, dict], origin: dict[str, Path], data: dict, path: 
                     base = {k: v for k, v in base.items() if k not in ("repo", "file", "size_gb")}
                 elif "repo" in value or "file" in value:
                     base.pop("path", None)
+                if "adapters" in value:  # adapters replace a model file, and vice versa
+                    base = {k: v for k, v in base.items() if k not in _FILE_KEYS}
+                elif set(value) & _FILE_KEYS:
+                    base.pop("adapters", None)
+                if isinstance(value.get("adapters"), list):
+                    value["adapters"] = [
+                        {**a, "path": str(path.parent / Path(a["path"]).expanduser())}
+                        if isinstance(a, dict) and isinstance(a.get("path"), str)
+                        else a
+                        for a in value["adapters"]
+                    ]
                 value = {**base, **value}
             merged[key] = value
         presets[name], origin[name] = merged, path
@@ -128,12 +156,12 @@ def _build(name: str, table: dict, path: Path, config: PathLike | None = None) -
         )
         raise bad(f"unknown table(s) {', '.join(stray)}; {hint}")
     roles = {}
-    for role in ROLES:
-        spec = table.get(role)
-        if not isinstance(spec, dict):
-            raise bad(f"missing [{role}] table (a preset needs {', '.join(ROLES)})")
-        if set(spec) - _ROLE_KEYS:
-            raise bad(f"{role}: unknown key(s) {', '.join(sorted(set(spec) - _ROLE_KEYS))}")
+    adapters: list[tuple[ModelRef, float]] = []
+    config_arg = None if config is None else str(config)
+
+    def file_ref(role: str, spec: dict, keys: set) -> ModelRef:
+        if set(spec) - keys:
+            raise bad(f"{role}: unknown key(s) {', '.join(sorted(set(spec) - keys))}")
         repo, file, local, size = (spec.get(k) for k in ("repo", "file", "path", "size_gb"))
         if local is not None:
             if not isinstance(local, str) or not local:
@@ -146,8 +174,32 @@ def _build(name: str, table: dict, path: Path, config: PathLike | None = None) -
         if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))):
             raise bad(f"{role}: size_gb must be a number")
         size = None if size is None else float(size)
-        config_arg = None if config is None else str(config)
-        roles[role] = ModelRef(role, repo, file, local, size, name, config_arg)
+        return ModelRef(role, repo, file, local, size, name, config_arg)
+
+    for role in ROLES:
+        spec = table.get(role)
+        if not isinstance(spec, dict):
+            raise bad(f"missing [{role}] table (a preset needs {', '.join(ROLES)})")
+        if "adapters" in spec:
+            if role != "small_ft":
+                raise bad(f"{role}: only small_ft may name adapters (small_base + adapters)")
+            if set(spec) != {"adapters"}:
+                raise bad("small_ft: give adapters or a model file (repo/file or path), not both")
+            items = spec["adapters"]
+            if (
+                not isinstance(items, list)
+                or not items
+                or not all(isinstance(a, dict) for a in items)
+            ):
+                raise bad("small_ft: adapters must be a list of {repo, file} or {path} tables")
+            for i, a in enumerate(items):
+                label = f"small_ft adapter {i + 1}" if len(items) > 1 else "small_ft adapter"
+                scale = a.get("scale", 1.0)
+                if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+                    raise bad(f"{label}: scale must be a number")
+                adapters.append((file_ref(label, a, _ADAPTER_KEYS), float(scale)))
+            continue
+        roles[role] = file_ref(role, spec, _FILE_KEYS)
     settings = {k: v for k, v in table.items() if k not in (*ROLES, "description", "notes")}
     unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:
@@ -162,7 +214,7 @@ def _build(name: str, table: dict, path: Path, config: PathLike | None = None) -
     description, notes = table.get("description", ""), table.get("notes", "")
     if not (isinstance(description, str) and isinstance(notes, str)):
         raise bad("description and notes must be strings")
-    return Preset(name, description, roles, settings, notes)
+    return Preset(name, description, roles, settings, notes, tuple(adapters))
 
 
 def _suggest(name: str, names) -> str:
@@ -356,8 +408,8 @@ def pull(
 ) -> dict[str, Path]:
     """Download every role of ``preset`` that is not cached yet; returns role -> local path."""
     return {
-        role: resolve(ref, download=True, offline=offline, cache_dir=cache_dir)
-        for role, ref in preset.roles.items()
+        ref.role: resolve(ref, download=True, offline=offline, cache_dir=cache_dir)
+        for ref in preset.files()
     }
 
 
@@ -367,11 +419,11 @@ def describe(preset: Preset, cache_dir: PathLike | None = None) -> list[dict[str
     ``size_gb`` is the size on disk when the file is available, else the preset's estimate.
     """
     rows = []
-    for role, ref in preset.roles.items():
+    for ref in preset.files():
         found = is_cached(ref, cache_dir)
         rows.append(
             {
-                "role": role,
+                "role": ref.role,
                 "label": ref.label,
                 "local": ref.path is not None,
                 "cached": found is not None,

@@ -7,7 +7,6 @@ and keeps it, cancels a multi-line message, and quits only when pressed twice at
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .chatfiles import ChatFileError, SavedChat, existing, history_dir, read_chat, restorable
+from .chatfiles import write_json
 from .errors import ContextOverflowError, LocaleftError
 from .interrupts import deferred_interrupts
 from .results import Stats
@@ -35,8 +36,10 @@ CHAT_HELP = """Commands:
   /mode eft|large|small generate with EFT, or with one model alone
   /stats                timings and KV-cache reuse of the last reply
   /explain on|off       show where fine-tuning changed the large base's choice
-  /save FILE            write the conversation and settings as JSON
-  /load FILE            continue a conversation saved with /save (or from the history)
+  /save FILE            write the conversation and settings as JSON (asks before replacing
+                        a file; /save -f FILE replaces it without asking)
+  /load FILE            continue a conversation saved with /save (or from the history),
+                        with its settings
   \"\"\"                   start and end a multi-line message (Ctrl-C cancels it)
   //TEXT                send a message that starts with "/"
 Ctrl-C during a reply stops it and keeps what was written. Every turn is saved in the history
@@ -58,29 +61,6 @@ COMMANDS = (
 )
 
 
-def history_dir() -> Path:
-    """$XDG_STATE_HOME/localeft/chats (default ~/.local/state/localeft/chats)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "localeft" / "chats"
-
-
-def latest_history() -> Path | None:
-    files = sorted(history_dir().glob("*.json"))
-    return files[-1] if files else None
-
-
-def write_json(path: Path, data: dict, mkdir: bool = False) -> None:
-    """Write atomically: a crash mid-write leaves the previous file, never half of one."""
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
-
-
 class ChatSession:
     """The REPL: messages, settings, and the record of every reply."""
 
@@ -92,8 +72,10 @@ class ChatSession:
         system: str | None,
         verbose: bool,
         history: Path | None = None,
+        pinned: frozenset[str] = frozenset(),
     ):
         self.em, self.kw, self.mode, self.system, self.verbose = em, kw, mode, system, verbose
+        self.pinned = pinned  # settings given on the command line: a loaded chat keeps them
         self.messages: list[dict] = []
         self.replies: list[dict] = []  # per reply: mode, beta, sampling, seed, stats
         self.unsent: str | None = None  # a message whose reply was interrupted before it began
@@ -233,14 +215,16 @@ class ChatSession:
         while True:
             try:
                 longest = max(map(len, self.em.prompt_tokens(self.request()).values()))
+                at_least = False
             except ContextOverflowError as e:
-                longest = e.tokens or n_ctx
+                longest, at_least = e.tokens or n_ctx, e.at_least
             if longest + room <= n_ctx or (longest < n_ctx and len(self.messages) == 1):
                 break
             if len(self.messages) == 1:
                 click.echo(
-                    f"localeft: error: this message is {longest} tokens but the context holds "
-                    f"{n_ctx}; shorten it or restart with a larger -c/--ctx-size",
+                    f"localeft: error: this message is {'at least ' * at_least}{longest} tokens "
+                    f"but the context holds {n_ctx}; shorten it or restart with a larger "
+                    "-c/--ctx-size",
                     err=True,
                 )
                 return False
@@ -291,7 +275,7 @@ class ChatSession:
         elif name == "explain" and arg in ("on", "off"):
             self.explain = arg == "on"
             click.echo(f"(explain: {arg})")
-        elif name == "save" and arg:
+        elif name == "save" and arg and arg != "-f":
             self.save(arg)
         elif name == "load" and arg:
             self.load(arg)
@@ -347,6 +331,7 @@ class ChatSession:
                 "n_ctx": self.em.n_ctx,
             },
             "models": {label: str(m.path) for label, m in self.em.models.items()},
+            **({"adapters": self.em.adapters} if self.em.adapters else {}),
             "replies": self.replies,
         }
 
@@ -361,43 +346,76 @@ class ChatSession:
 
     def save_history(self) -> None:
         try:
-            write_json(self.history, self.data(), mkdir=True)
+            write_json(self.history, self.data(), replace=True, mkdir=True)
+        except ChatFileError as e:
+            click.echo(f"(the history file: {e})", err=True)
         except OSError as e:
             click.echo(
                 f"(cannot write the history file {self.history}: {e.strerror or e})", err=True
             )
 
-    def save(self, path: str) -> None:
+    def save(self, arg: str) -> None:
+        """/save FILE: a new file, or an existing regular file once the user agrees (on a
+        terminal it asks; otherwise `/save -f FILE` says so). Nothing else is ever replaced."""
+        force = arg.startswith("-f ")
+        name = arg[3:].strip() if force else arg
+        path = Path(os.path.expanduser(name))
         try:
-            write_json(Path(os.path.expanduser(path)), self.data())
-        except OSError as e:
-            return click.echo(f"cannot save to {path}: {e.strerror or e}", err=True)
-        click.echo(f"(saved {len(self.messages)} messages to {path})")
+            replace = existing(path)
+            if replace and not force and not self.confirm(f"{name} exists: replace it?"):
+                return click.echo(
+                    f"(not saved: {name} exists; /save -f {name} replaces it)", err=True
+                )
+            write_json(path, self.data(), replace=replace)
+        except ChatFileError as e:
+            return click.echo(str(e), err=True)
+        click.echo(f"(saved {len(self.messages)} messages to {name})")
+
+    def confirm(self, question: str) -> bool:
+        """Yes or no from the terminal; no when the input is not one (a script's next line
+        is a message, not an answer)."""
+        if not self.tty:
+            return False
+        try:
+            return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return False
 
     def load(self, path: str | Path) -> bool:
-        """Continue a saved conversation (its system message and turns)."""
+        """/load FILE: continue a saved conversation; one line if it cannot be read."""
         try:
-            data = json.loads(Path(os.path.expanduser(path)).read_text(encoding="utf-8"))
-            messages = data["messages"]
-            if not all(
-                isinstance(m, dict)
-                and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)
-                for m in messages
-            ):
-                raise ValueError("a message is not {role, content}")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            click.echo(f"cannot load {path}: {getattr(e, 'strerror', None) or e}", err=True)
+            saved = read_chat(path)
+        except ChatFileError as e:
+            click.echo(f"cannot load {e}", err=True)
             return False
+        self.restore(saved, path)
+        return True
+
+    def restore(self, saved: SavedChat, path: str | Path) -> None:
+        """Continue `saved`: its system message, turns, and the settings /set and /mode change
+        (except those given on the command line); the ones that are not valid are named."""
+        messages = saved.messages
         system = [m["content"] for m in messages if m["role"] == "system"]
         self.system = system[0] if system else self.system
         self.messages = [m for m in messages if m["role"] != "system"]
-        self.replies = [r for r in data.get("replies", []) if isinstance(r, dict)]
+        self.replies = saved.replies
         self.unsent = None
+        restore, dropped = restorable(saved.settings, self.kw, self.pinned)
+        for name, value in restore.items():
+            if name == "beta":
+                self.em.beta = value
+            elif name == "mode":
+                self.mode = value
+            else:
+                self.kw[name] = value
         click.echo(f"(loaded {len(self.messages)} messages from {path})")
+        if dropped:
+            click.echo(
+                "(settings of the saved chat not restored: " + "; ".join(dropped) + ")", err=True
+            )
         for m in self.messages[-2:]:
             click.echo(f"{m['role']}: {m['content']}")
-        return True
 
 
 def _stats(reply: dict) -> Stats:

@@ -49,23 +49,37 @@ def eval_table(rows, n: int) -> str:
     return "\n".join(lines)
 
 
-def check_plotting() -> None:
+def plot_format(path: str) -> str:
+    """The image format `--plot PATH` asks for (its extension; none: PNG), checked before any
+    work: matplotlib must be there and write that format."""
     try:
-        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise LocaleftError(
             "--plot needs matplotlib: pip install 'localeft[plot]' (or pip install matplotlib)"
         ) from None
+    fmt = Path(path).suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        raise LocaleftError(
+            f"--plot {path}: matplotlib cannot write .{fmt} files "
+            f"(use .png, .svg, .pdf, or: {', '.join(sorted(formats))})"
+        )
+    return fmt
 
 
 def plot_accuracy(rows, path: str, title: str) -> None:
     """Accuracy against beta for EFT, the two models alone as horizontal lines (the paper's
-    figure, on the user's data)."""
+    figure, on the user's data). Drawn in memory, then written: a failed write is an error
+    (matplotlib's own writer let a full disk pass silently)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fmt = plot_format(path)
     eft = [r for r in rows if r.beta is not None]
     alone = [r for r in rows if r.beta is None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
@@ -85,12 +99,16 @@ def plot_accuracy(rows, path: str, title: str) -> None:
     axes[1].legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    image = io.BytesIO()
     try:
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise LocaleftError(f"cannot write {path}: {e.strerror or e}") from None
+        fig.savefig(image, dpi=110, format=fmt)
     finally:
         plt.close(fig)
+    try:
+        with open(path, "wb") as f:
+            f.write(image.getvalue())
+    except OSError as e:
+        raise LocaleftError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_page(path: str, g: Generation, request, em: Emulator, beta: float) -> None:

@@ -24,6 +24,7 @@ from .grammar import schema_grammar
 from .prompts import Message, check_messages
 from .sampling import SamplingParams
 from .validate import MAX_DRAFT, MAX_TOP_LOGPROBS
+from .tools import check_choice, check_tools, strings
 
 Mode = Literal["eft", "base", "ft"]
 MODES = ("eft", "base", "ft")
@@ -46,6 +47,14 @@ class Request:
     logprobs: int | None = None
     penalties: Penalties = field(default_factory=Penalties)
     grammar: str | None = None  # GBNF text (a JSON schema is converted here)
+    tools: tuple[dict, ...] = ()  # function definitions (tools.check_tools)
+    tool_choice: str = "none"  # auto | none | required | a tool's name
+    parallel_tool_calls: bool = True
+
+    @property
+    def forced_call(self) -> bool:
+        """A call must be made (required, or a named function): a grammar makes it parse."""
+        return self.tool_choice not in ("auto", "none")
 
 
 def build(
@@ -70,9 +79,19 @@ def build(
     logit_bias: dict[int, float] | None = None,
     grammar: str | None = None,
     json_schema: dict | str | None = None,
+    tools: Sequence[dict] | None = None,
+    tool_choice: str | dict | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> Request:
     """A Request from a prompt and `Emulator.stream`'s keyword settings."""
     kind, checked_prompt = check_prompt(prompt)
+    checked_tools = check_tools(tools)
+    choice = check_choice(tool_choice, checked_tools)
+    validate.flag("parallel_tool_calls", parallel_tool_calls)
+    for text in strings(checked_tools):
+        check_text(text, "tools")
+    if checked_tools and kind != "chat":
+        raise InvalidParameterError("tools need chat messages, not a raw prompt", param="tools")
     validate.choice("mode", mode, MODES)
     if logprobs is not None:
         validate.integer("logprobs", logprobs, 0, MAX_TOP_LOGPROBS)
@@ -93,10 +112,22 @@ def build(
         logit_bias=logit_bias,
     )
     if grammar is not None and json_schema is not None:
-        raise InvalidParameterError("give grammar or json_schema, not both")
-    text = schema_grammar(json_schema) if json_schema is not None else grammar
+        raise InvalidParameterError("give grammar or json_schema, not both", param="grammar")
+    if choice not in ("auto", "none") and (grammar is not None or json_schema is not None):
+        raise InvalidParameterError(
+            f"tool_choice {choice!r} constrains the output to a call itself: give no grammar "
+            "or JSON schema with it",
+            param="tool_choice",
+        )
+    text = grammar
+    if json_schema is not None:
+        try:
+            text = schema_grammar(json_schema)
+        except InvalidParameterError as e:
+            e.param = e.param or "json_schema"
+            raise
     if text is not None and not isinstance(text, str):
-        raise InvalidParameterError(f"grammar must be GBNF text, got {text!r}")
+        raise InvalidParameterError(f"grammar must be GBNF text, got {text!r}", param="grammar")
     return Request(
         prompt=checked_prompt,
         kind=kind,
@@ -110,6 +141,9 @@ def build(
         logprobs=logprobs,
         penalties=penalties,
         grammar=text,
+        tools=checked_tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel_tool_calls is not False,
     )
 
 
@@ -117,14 +151,15 @@ def check_prompt(prompt) -> tuple[str, str | tuple]:
     """("text", str) | ("chat", messages) | ("ids", token ids), checked for shape and text."""
     if isinstance(prompt, str):
         if not prompt:
-            raise InvalidParameterError("the prompt is empty")
+            raise InvalidParameterError("the prompt is empty", param="prompt")
         check_text(prompt)
         return "text", prompt
     if is_ids(prompt):
         return "ids", tuple(token_ids("prompt", prompt))
     messages = check_messages(prompt)
     for m in messages:
-        check_text(m["content"])
+        for text in strings(m):
+            check_text(text, "messages")
     return "chat", tuple(messages)
 
 
@@ -140,7 +175,7 @@ def is_ids(x) -> bool:
 def token_ids(name: str, ids, n_vocab: int | None = None) -> list[int]:
     """Token ids, each in [0, n_vocab) (below any bound when n_vocab is None)."""
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
-        raise InvalidParameterError(f"{name} must be a list of token ids, got {ids!r}")
+        raise validate.bad(name, f"{name} must be a list of token ids, got {ids!r}")
     hi = None if n_vocab is None else n_vocab - 1
     return [validate.integer(f"{name} token id", t, 0, hi) for t in ids]
 
@@ -151,15 +186,17 @@ def stops(stop) -> tuple[str, ...]:
     if isinstance(stop, str):
         return (stop,) if stop else ()
     if not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) for x in stop):
-        raise InvalidParameterError(f"stop must be a string or a list of strings, got {stop!r}")
+        raise InvalidParameterError(
+            f"stop must be a string or a list of strings, got {stop!r}", param="stop"
+        )
     return tuple(x for x in stop if x)
 
 
-def check_text(text: str) -> None:
+def check_text(text: str, param: str = "prompt") -> None:
     """Text must be encodable as UTF-8 (a str from undecodable bytes holds lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidParameterError(
-            "the prompt is not valid UTF-8 text (undecodable bytes in the input?)"
+            "the prompt is not valid UTF-8 text (undecodable bytes in the input?)", param=param
         ) from None

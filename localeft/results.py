@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from .tools import ToolCall
+
 
 @dataclass
 class Stats:
@@ -187,14 +189,19 @@ class Score:
 
 @dataclass
 class Generation:
-    """One request's result: its text, token ids, why it ended, what it cost."""
+    """One request's result: its text, token ids, why it ended, what it cost. `text` is
+    everything generated; with tools, `tool_calls` are the calls read from it and `content`
+    the rest (None when only calls were written; without tools, the text)."""
 
     text: str
     tokens: list[int]
-    finish_reason: str  # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted"
+    # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted" | "tool_calls"
+    finish_reason: str
     stats: Stats
     seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
     logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    content: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -204,6 +211,8 @@ class Generation:
             "seed": self.seed,
             "stats": self.stats.as_dict(),
             "logprobs": None if self.logprobs is None else [r.as_dict() for r in self.logprobs],
+            "tool_calls": [c.as_dict() for c in self.tool_calls],
+            "content": self.content,
         }
 
     @classmethod
@@ -216,4 +225,9 @@ class Generation:
             stats=Stats.from_dict(d["stats"]),
             seed=d.get("seed"),
             logprobs=None if records is None else [TokenInfo.from_dict(r) for r in records],
+            tool_calls=[
+                ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                for c in d.get("tool_calls", [])
+            ],
+            content=d.get("content", d["text"]),
         )

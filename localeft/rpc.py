@@ -281,6 +281,7 @@ def connect(endpoint: str) -> list[Device]:
 _fault_notes: list[Callable[[], str | None]] = []
 _known: list[str] = []
 _abort_cb = None
+last_fault: str | None = None  # the reason `fault` is ending the process with (for its notes)
 
 
 def at_fault(note: Callable[[], str | None]) -> Callable[[], None]:
@@ -293,6 +294,8 @@ def at_fault(note: Callable[[], str | None]) -> Callable[[], None]:
 def fault(reason: str) -> NoReturn:
     """End the process with a one-line error (llama.cpp cannot go on without its server): the
     streamed text is flushed first, then the registered notes."""
+    global last_fault
+    last_fault = reason
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     lines = [f"\nlocaleft: error: {reason}"]

@@ -1,15 +1,19 @@
 """`localeft rpc-server`: lend this machine's backend (its GPU, else the CPU) to a localeft on
-another machine, through llama.cpp's own RPC server (ggml_backend_rpc_start_server)."""
+another machine, through llama.cpp's own RPC server (ggml_backend_rpc_start_server) on a private
+loopback port behind a gate (rpcgate: handshake and stall timeouts)."""
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
 import signal
+import socket
+import sys
 import threading
 from typing import Sequence
 
 from .rpc import ACCEL, CPU, _declare, _rpc, ggml
+from .rpcgate import HELLO_TIMEOUT, STALL_TIMEOUT, Gate
 
 
 def serving_devices() -> list[int]:
@@ -28,10 +32,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str, port: int, threads: int, cache: str | None) -> str:
-    """Serve this machine's backend on host:port until SIGINT or SIGTERM; returns why it
-    stopped ("signal" or llama.cpp's failure). llama.cpp's blocking server runs in a daemon
-    thread (a ctypes call never sees Python's signal handlers); the main thread waits."""
+def listen(host: str, port: int) -> socket.socket:
+    """The public listening socket (OSError if the address is taken or not ours)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(16)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _private_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(
+    sock: socket.socket,
+    threads: int,
+    cache: str | None,
+    hello_timeout: float = HELLO_TIMEOUT,
+    stall_timeout: float = STALL_TIMEOUT,
+    gate: bool = True,
+) -> str:
+    """Serve this machine's backend on the listening `sock` until SIGINT or SIGTERM; returns
+    why it stopped ("signal" or llama.cpp's failure). llama.cpp's blocking server runs in a
+    daemon thread (a ctypes call never sees Python's signal handlers) on a private loopback port
+    behind the gate (`gate=False`: on `sock`'s address itself, for measuring what the gate
+    costs); the main thread waits."""
     start = _declare(
         _rpc(),
         "ggml_backend_rpc_start_server",
@@ -47,20 +79,35 @@ def serve(host: str, port: int, threads: int, cache: str | None) -> str:
     stop = threading.Event()
     why = ["signal"]
 
+    if gate:
+        inner = ("127.0.0.1", _private_port())
+    else:
+        inner = sock.getsockname()[:2]
+        sock.close()
+
     def run() -> None:
-        where = f"{host}:{port}".encode()
+        where = f"{inner[0]}:{inner[1]}".encode()
         start(where, cache.encode() if cache else None, threads, len(devs), array)
         why[0] = "llama.cpp's server stopped (see its message above)"
         stop.set()
 
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    def log(line: str) -> None:
+        print(f"localeft rpc-server: {line}", flush=True)
+
+    handlers = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in handlers}
     try:
         threading.Thread(target=run, name="rpc-server", daemon=True).start()
+        if gate:
+            door = Gate(sock, inner, log, hello_timeout, stall_timeout)
+            threading.Thread(target=door.run, name="rpc-gate", daemon=True).start()
         while not stop.wait(1.0):
             pass
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        sock.close()
+        sys.stdout.flush()
     return why[0]
 
 

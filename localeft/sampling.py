@@ -126,10 +126,12 @@ def draw_dense(weights: np.ndarray, u: float, cum: np.ndarray | None = None) -> 
 
 
 def _inverse(temperature: float) -> float:
-    """1/T, capped: past 1e30 every token below the top weighs exp(-1e23) = 0 in float64 as in
-    float32, so the cap changes nothing but keeps 0 · inf (a NaN) out of the top token's
-    weight for tiny temperatures (1e-300 drew padding ids)."""
-    return min(1.0 / temperature, 1e30)
+    """1/T, clamped to [1e-30, 1e30]. Above 1e30 every token below the top weighs
+    exp(-1e23) = 0 in float64 as in float32; below 1e-30 every finite logit's weight is
+    exp(±1e-26) = 1 in both. So the clamp changes no weight, but keeps 0 · inf (a NaN) out of
+    them: 1/T under float32's smallest number (T ≥ 1e39) rounds to 0 there, and a masked id's
+    -inf times it drew padding ids (T = 1e-300 did the same through inf · 0)."""
+    return min(max(1.0 / temperature, 1e-30), 1e30)
 
 
 class Sampler:

@@ -26,14 +26,15 @@ from .eft import log_softmax
 from .ensemble import Ensemble
 from .errors import InvalidParameterError, LocaleftError
 from .results import Score, TokenInfo, Totals
+from .prompts import check_messages
 
 
-def token_texts(model: Model, ids: Sequence[int]) -> list[str]:
+def token_texts(model: Model, ids: Sequence[int], special: bool = False) -> list[str]:
     """Each token's share of the decoded text: a character split over several byte tokens goes
     to the token that completes it (so the texts concatenate to the whole, never U+FFFD
-    halves)."""
+    halves). `special`: control tokens as their text (a prompt's), not as nothing."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    out = [decoder.decode(model.piece(t)) for t in ids]
+    out = [decoder.decode(model.piece(t, special)) for t in ids]
     if out:
         out[-1] += decoder.decode(b"", final=True)
     return out
@@ -246,26 +247,41 @@ class Item:
     answer: int
 
 
+MAX_LINE = 16 << 20  # bytes in one JSONL line
+MAX_FILE = 1 << 30  # bytes in a JSONL file (pipes and devices too: /dev/zero never ends)
+
+
 def read_jsonl(path: str | Path, parse: Callable[[int, object], object]) -> tuple[list, list[str]]:
     """`parse(line number, JSON value)` over the lines of a JSONL file: the parsed items, and
     one error line per bad line ("line N: ..."). Bad lines are reported and skipped, never
-    the reason to lose the rest; `parse` raises InvalidParameterError for a bad one."""
+    the reason to lose the rest; `parse` raises InvalidParameterError for a bad one. A line over
+    MAX_LINE bytes or a file over MAX_FILE is an error (it is not a JSONL file of items)."""
+    items, errors = [], []
+    total = 0
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LocaleftError(f"{path}: not valid UTF-8 text") from None
+        with open(path, "rb") as f:
+            for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+                total += len(raw)
+                if len(raw) > MAX_LINE:
+                    raise LocaleftError(f"{path}: line {n} is over {MAX_LINE >> 20} MiB")
+                if total > MAX_FILE:
+                    raise LocaleftError(f"{path} is over {MAX_FILE >> 30} GiB")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise LocaleftError(f"{path}: line {n} is not valid UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    items.append(parse(n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
+                except RecursionError:
+                    errors.append(f"line {n}: not JSON that can be read (nested too deeply)")
+                except InvalidParameterError as e:
+                    errors.append(f"line {n}: {e}")
     except OSError as e:
         raise LocaleftError(f"cannot read {path}: {e.strerror or e}") from None
-    items, errors = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(parse(n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
-        except InvalidParameterError as e:
-            errors.append(f"line {n}: {e}")
     return items, errors
 
 
@@ -274,12 +290,25 @@ def read_items(path: str | Path) -> tuple[list[Item], list[str]]:
     return read_jsonl(path, _item)
 
 
+def line_prompt(d: dict) -> str | list[dict]:
+    """A JSONL line's prompt: "messages" (a list of chat messages) or "prompt" (text), each
+    of its own type (a string of messages is not a chat)."""
+    if "messages" in d:
+        messages = d["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise InvalidParameterError('"messages" must be a non-empty list of {role, content}')
+        check_messages(messages)
+        return messages
+    prompt = d.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidParameterError('needs "prompt" (non-empty text) or "messages" (a list)')
+    return prompt
+
+
 def _item(n: int, d) -> Item:
     if not isinstance(d, dict):
         raise InvalidParameterError("expected an object with prompt or messages, choices, answer")
-    prompt = d.get("messages", d.get("prompt"))
-    if not (isinstance(prompt, str) and prompt) and not (isinstance(prompt, list) and prompt):
-        raise InvalidParameterError('needs "prompt" (text) or "messages" (a list)')
+    prompt = line_prompt(d)
     choices = d.get("choices")
     if (
         not isinstance(choices, list)

@@ -28,21 +28,31 @@ K_START, K_MAX = 4, 12
 assert MAX_DRAFT == MAX_OUTPUTS - 1  # verification asks for k + 1 logits rows in one decode
 
 
-def use_speculative(requested: bool | None, gpu_offload: bool, draft_tokens: int | None) -> bool:
-    """None means the default: on where it is faster, i.e. when the models run on a GPU.
+def use_speculative(
+    requested: bool | None,
+    gpu_offload: bool,
+    draft_tokens: int | None,
+    masked_sampling: bool = False,
+) -> bool:
+    """None means the default: on where it is faster, i.e. when the models run on a GPU, and
+    not for sampling under a grammar (`masked_sampling`): there every drafted position needs a
+    full grammar mask of the vocabulary (tens of ms) where plain decoding mostly asks the
+    grammar about the drawn token alone.
 
     There, verifying a block of k tokens costs little more than one step (k=8: 1.24x on an
     H100). On a CPU the cost of a batch grows almost linearly with k (1.5B Q4_K_M on 2 cores:
     k=1 36 ms, k=4 105 ms, k=12 330 ms), so drafting cannot pay for itself: measured 0.8-0.9x
     the speed of plain EFT (docs/PERFORMANCE.md). A fixed draft length asks for it explicitly.
-    A base on RPC servers does not count as offload: with CPU servers it measured 0.73x there
-    too (docs/DISTRIBUTED.md); with GPU servers, ask for it.
+    A base on RPC servers does not count as offload: with CPU servers it measured 1.1-1.3x
+    slower than plain EFT on every emulated link, LAN to a far 50 Mbit/s, 15 ms one (the round
+    trips a block saves do not pay for a CPU server verifying it; docs/DISTRIBUTED.md); with GPU
+    servers, ask for it.
     """
     if requested is not None:
         return bool(requested)
     if draft_tokens is not None:
         return True
-    return gpu_offload
+    return gpu_offload and not masked_sampling
 
 
 def residual(p: Dist, q: Dist) -> Dist:
@@ -170,6 +180,8 @@ class SpeculativeDecoder(Decoder):
                     if constrained:
                         states.append(states[j].branch())
                         states[j + 1].accept(draft[-1])
+                    if drafter.model.is_eog(draft[-1]):
+                        break  # the reply would end here: drafting past it is wasted work
                     if j < k - 1:
                         row = drafter.ctx.eval([draft[-1]], 1)[0]
             k = len(draft)
@@ -178,7 +190,8 @@ class SpeculativeDecoder(Decoder):
             secs[drafter.label] += dt
             # Verify: every other context scores the whole block in one batch.
             t = clock()
-            rows = group.verify({i: prompts[i] + gen + draft for i in verifiers}, k + 1, secs)
+            full = group.verify({i: prompts[i] + gen + draft for i in verifiers}, k + 1, secs)
+            rows = list(full)
             rows[d] = self._q_logits[:k]
             t1 = clock()
             target = self.combiner.combine([r[:k] for r in rows])
@@ -190,7 +203,9 @@ class SpeculativeDecoder(Decoder):
                     observe(draft[j], target[j], {i: r[j] for i, r in enumerate(rows)})
             bonus_eval = 0.0
             at = n_acc  # the position of the token drawn below
-            if rest is None:  # all accepted: the bonus token comes from p_k
+            # Every drafted token accepted, the last one ending the reply: nothing follows it.
+            ended = rest is None and drafter.model.is_eog(draft[-1])
+            if rest is None and not ended:  # all accepted: the bonus token comes from p_k
                 t2 = clock()
                 with group.alone(d):  # (a draft cut short by the grammar is decoded already)
                     self._q_logits[k] = drafter.ctx.sync(prompts[d] + gen + draft, 1)[0]
@@ -198,23 +213,29 @@ class SpeculativeDecoder(Decoder):
                 secs[drafter.label] += bonus_eval
                 rows[d] = self._q_logits[k : k + 1]
                 for i in verifiers:
-                    rows[i] = roles[i].ctx.logits(k + 1)[k:]
+                    rows[i] = full[i][k:]
                 target = self.combiner.combine(rows)
                 rest = self._dist(states[k] if constrained else None, target[0], k)
                 at = 0
-            nxt = sampler.sample(rest)
-            if observe is not None:
-                observe(nxt, target[at], {i: r[at] for i, r in enumerate(rows)})
+            tail = []
+            if not ended:
+                nxt = sampler.sample(rest)
+                tail = [nxt]
+                if observe is not None:
+                    observe(nxt, target[at], {i: r[at] for i, r in enumerate(rows)})
             if constrained:  # the real state moves past accepted tokens only
                 self.constraints = states[n_acc]
-                self.constraints.accept(nxt)
+                if tail:
+                    self.constraints.accept(nxt)
             stats.numpy_seconds += clock() - t1 - bonus_eval
             stats.verify_seconds += clock() - t
-            stats.drafted += k
-            stats.accepted += n_acc
             stats.verifications += 1
             self._adapt(n_acc, k)
             held = [(list(r.ctx.calls), len(r.ctx.tokens)) for r in roles]
-            for tok in draft[:n_acc] + [nxt]:
+            for j, tok in enumerate(draft[:n_acc] + tail):
+                # Counted as the tokens are taken: drafted positions judged up to this one
+                # (not those after a rejection, nor past where the caller stopped).
+                stats.drafted += int(j < k)
+                stats.accepted += int(j < n_acc)
                 gen.append(tok)
                 yield tok

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import tokenview
+from . import lora, tokenview
+from .reports import ROLE_NAMES
 from .results import Generation, Stats
-from .validate import MAX_DRAFT
+from .validate import MAX_DRAFT, MAX_WEIGHT
 
 if TYPE_CHECKING:
     from .engine import Emulator
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
 
 # One definition per number, shared by the options and the chat REPL's /set.
-BETA, TEMP = click.FloatRange(min=0), click.FloatRange(min=0)
+BETA, TEMP = click.FloatRange(0, MAX_WEIGHT), click.FloatRange(min=0)
 TOP_K, SEED, MAX_TOKENS = click.IntRange(min=0), click.IntRange(min=0), click.IntRange(min=1)
 TOP_P, MIN_P = click.FloatRange(0, 1, min_open=True), click.FloatRange(0, 1, max_open=True)
 DRAFT = click.IntRange(1, MAX_DRAFT)
@@ -94,13 +95,40 @@ def stats_line(s: Stats, full: bool = False) -> str:
     return line
 
 
-def placement_line(rows: list[dict]) -> str:
-    """Where the large base's layers are (Emulator.placement), on one line."""
+def adapter_lines(em: Emulator) -> list[str]:
+    """One line per role with LoRA adapters (-v): its model file, then each adapter with its
+    scale, rank and alpha."""
+    lines = []
+    for label, src in em.sources.items():
+        if src.adapters:
+            parts = [
+                f"LoRA {p.name} x{scale:g} ({lora.summary(em.group.headers[p])})"
+                for p, scale in src.adapters
+            ]
+            lines.append(f"{ROLE_NAMES.get(label, label)}: {src.path.name} + " + " + ".join(parts))
+    return lines
+
+
+def placement_line(rows: list[dict], output: dict | None = None) -> str:
+    """Where the large base's layers are (Emulator.placement) on one line, the links measured
+    to the servers, and (`output`: Emulator.rpc_output_choice) why the output layer is where
+    it is on a second line."""
     parts = []
     for r in rows:
         layers = r["layers"] if r["device"] == "local" else f"layers {r['layers'] or 'none'}"
         parts.append(f"{r['device']} {layers} ({r['weights_mib']:.1f} MiB)")
-    return "large base: " + " | ".join(parts)
+    text = "large base: " + " | ".join(parts)
+    links = [
+        f"{r['device']} {r['link']['rtt_ms']:.2f} ms, {r['link']['down_mbit_s']:,.0f} Mbit/s"
+        for r in rows
+        if r.get("link")
+    ]
+    if links:
+        text += "\nRPC links (round trip, to here): " + "; ".join(links)
+    if output:
+        text += f"\noutput layer: {'here' if output['where'] == 'local' else 'remote'} "
+        text += f"({output['why']})"
+    return text
 
 
 def notes(g: Generation, verbose: bool, prefix: str = "") -> None:

@@ -18,6 +18,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from tinymodels import TINY_SPECS, lora_deltas, write_lora, write_model  # noqa: E402
 from tinymodels import write_tiny_set  # noqa: E402
 
 # Tiny models run fastest on one thread, and tests must not fight over a shared 2-core machine.
@@ -28,6 +29,38 @@ os.environ.pop("LOCALEFT_SERVER", None)  # tests load their own models, never a 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return write_tiny_set(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny, tmp_path_factory):
+    """Random LoRA adapters for the tiny models, and the same adapters merged into the weights
+    by hand: `a`, `b` (rank 4 and 2) and `embd` (token_embd and output only) for small_base,
+    `large` for large_base; `merged_a` = small_base + a, `merged_stack` = small_base + a -
+    0.5 b + embd."""
+    from types import SimpleNamespace
+
+    d = tmp_path_factory.mktemp("adapters")
+    a = write_lora(d / "a.gguf", tiny.small_base, seed=1)
+    b = write_lora(d / "b.gguf", tiny.small_base, seed=2, rank=2, alpha=0.0)
+    embd = write_lora(
+        d / "embd.gguf",
+        tiny.small_base,
+        seed=3,
+        targets=(),
+        extra=("token_embd.weight", "output.weight"),
+    )
+    large = write_lora(d / "large.gguf", tiny.large_base, seed=4)
+    spec = TINY_SPECS["small_base"]
+    stack = [(a, 1.0), (b, -0.5), (embd, 1.0)]
+    return SimpleNamespace(
+        a=a,
+        b=b,
+        embd=embd,
+        large=large,
+        stack=stack,
+        merged_a=write_model(d / "merged_a.gguf", **spec, deltas=lora_deltas([(a, 1.0)])),
+        merged_stack=write_model(d / "merged_stack.gguf", **spec, deltas=lora_deltas(stack)),
+    )
 
 
 @pytest.fixture(scope="session")

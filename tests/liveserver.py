@@ -10,16 +10,20 @@ import time
 
 
 @contextlib.contextmanager
-def running(app):
-    """Serve `app` on 127.0.0.1; yields the base URL (http://127.0.0.1:PORT)."""
+def running(app, server_class=None, **limits):
+    """Serve `app` on 127.0.0.1 as `localeft serve` does (its connection limits: `limits` as
+    limits.protocol takes them); yields the base URL (http://127.0.0.1:PORT).
+    `server_class(config)`: the uvicorn.Server to run it (default: uvicorn's own)."""
     import uvicorn
+
+    from localeft.server import running as production
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    config = production.config(app, host="127.0.0.1", port=port, **limits)
+    server = (server_class or uvicorn.Server)(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -7,8 +7,9 @@ import numpy as np
 from llama_cpp import Llama
 
 
-def model_logits(path, tokens: list[int]) -> np.ndarray:
-    """Next-token logits after `tokens`, from a fresh llama.cpp context (float64).
+def model_logits(path, tokens: list[int], lora=None, lora_scale: float = 1.0) -> np.ndarray:
+    """Next-token logits after `tokens`, from a fresh llama.cpp context (float64); with
+    `lora`, that LoRA adapter GGUF applied by llama-cpp-python's own `Llama(lora_path=...)`.
 
     Flash attention on, as llama.cpp chooses by default for localeft's contexts (with it off the
     attention numerics differ by ~1e-3 in the logits: a different, equally valid kernel)."""
@@ -19,6 +20,8 @@ def model_logits(path, tokens: list[int]) -> np.ndarray:
         verbose=False,
         n_threads=1,
         flash_attn=True,
+        lora_path=None if lora is None else str(lora),
+        lora_scale=lora_scale,
     )
     llm.eval(tokens)
     out = np.array(llm.scores[len(tokens) - 1], dtype=np.float64)

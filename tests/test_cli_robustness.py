@@ -262,7 +262,7 @@ def test_ctrl_c_during_the_prompt_keeps_what_was_evaluated(tiny, tmp_path, monke
     assert "interrupted before the reply began" in r.stderr
     assert json.loads(saved.read_text())["messages"] == []  # no empty assistant turn kept
     monkeypatch.setattr(Context, "bring", real)
-    r = chat(tiny, f"hello there\n/save {saved}\n")  # a fresh session, for the full cost
+    r = chat(tiny, f"hello there\n/save -f {saved}\n")  # a fresh session, for the full cost
     full = json.loads(saved.read_text())["replies"][0]["prompt_evaluated"]
     decodes.clear()
     monkeypatch.setattr(Context, "bring", decode)
@@ -271,7 +271,7 @@ def test_ctrl_c_during_the_prompt_keeps_what_was_evaluated(tiny, tmp_path, monke
         monkeypatch.setattr(Context, "bring", real)
         return "/retry"
 
-    script = iter(["hello there", None, f"/save {saved}", "/bye"])
+    script = iter(["hello there", None, f"/save -f {saved}", "/bye"])
 
     def fake_input(prompt=""):
         line = next(script)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from liveserver import running
 
-from localeft import layout
+from localeft import LoRA, layout
 from localeft.request import build
 from localeft.server.app import create_app
 
@@ -77,14 +77,22 @@ def prompts(em):
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("kind", ["chat", "text", "ids"])
-def test_a_request_gives_the_same_bytes_in_every_history(make_em, kind, settings):
-    fresh = make_em()
+@pytest.mark.parametrize("trio", ["files", "lora"])
+def test_a_request_gives_the_same_bytes_in_every_history(
+    make_em, tiny, adapters, trio, kind, settings
+):
+    # "lora": the fine-tuned model is the small base with an adapter (two contexts of one
+    # model, one of them adapted): its layout holds the same way
+    overrides = {"small_ft": LoRA(tiny.small_base, adapters.a)} if trio == "lora" else {}
+    fresh = make_em(**overrides)
     prompt = prompts(fresh)[kind]
     want = signature(run(fresh, prompt, **settings))
-    em = make_em()
+    em = make_em(**overrides)
     for name, before in HISTORIES.items():
         before(em, prompt, settings)
         assert signature(run(em, prompt, **settings)) == want, name
+    if trio == "lora":  # and the adapter is in effect
+        assert signature(run(make_em(), prompt, **settings)) != want
 
 
 @pytest.mark.parametrize("kind", ["chat", "text"])
@@ -242,3 +250,28 @@ def test_a_request_is_its_whole_recipe():
     """A sampled request without a seed gets one when it is built: the Request repeats."""
     r = build("hi", temperature=0.7)
     assert r.sampling.seed is not None and build("hi", temperature=0.0).sampling.seed is None
+
+
+def test_with_gpu_offload_a_speculative_chat_repeats_and_reuses_its_prompts(make_em):
+    """With GPU offload (speculative by default) a history's replies are decoded in chunks: a
+    turn re-decodes only the previous reply, and equals a cold request. (The layout rule is
+    tested here on the CPU by marking the group as offloaded.)"""
+
+    def offloaded():
+        em = make_em()
+        em.group.gpu_offload = True
+        return em
+
+    em = offloaded()
+    messages = list(CHAT)
+    kw = dict(GREEDY, speculative=True, draft_tokens=3)
+    for turn in range(3):
+        g = em.chat(messages, **kw)
+        assert signature(g) == signature(offloaded().chat(messages, **kw))
+        if turn:  # the history before the last reply comes from the caches
+            whole = len(em.prompt_tokens(messages)["ft"])
+            assert g.stats.prompt_evaluated / 3 < whole / 2
+        messages += [
+            {"role": "assistant", "content": g.text},
+            {"role": "user", "content": f"and then {turn}?"},
+        ]

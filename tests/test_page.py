@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,51 @@ def test_the_page_uses_the_token_view_colours():
     for name in ("index.html", "app.js", "style.css"):
         text = (STATIC / name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_new_chat_during_a_reply_starts_a_clean_conversation(make_em, monkeypatch):
+    """ "new chat" while a reply streams: the half reply stays out of the next conversation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from localeft.textstream import TextStream
+
+    em = make_em()
+    gate, fed = threading.Event(), []
+    real_feed = TextStream.feed
+
+    def feed(self, piece):  # the first reply pauses inside its 3rd token
+        fed.append(piece)
+        if len(fed) == 3:
+            gate.wait(30)
+        return real_feed(self, piece)
+
+    monkeypatch.setattr(TextStream, "feed", feed)
+    with running(create_app(em, model="tiny")) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            bodies = []
+            page.on(
+                "request",
+                lambda r: (
+                    bodies.append(json.loads(r.post_data))
+                    if r.url == url + "/v1/chat/completions"
+                    else None
+                ),
+            )
+            page.goto(url + "/")
+            expect(page.locator("#model")).to_contain_text("tiny")
+            page.fill("#temperature", "0")
+            page.fill("#prompt", "hi")
+            page.press("#prompt", "Enter")
+            expect(page.locator(".msg.assistant .tok")).to_have_count(2)  # half a reply
+            page.click("#clear")
+            expect(page.locator("#send")).to_be_visible()
+            gate.set()
+            page.fill("#prompt", "and then?")
+            page.press("#prompt", "Enter")
+            expect(page.locator(".msg.assistant .stats")).to_have_count(1)
+            assert bodies[1]["messages"] == [{"role": "user", "content": "and then?"}]
+        finally:
+            gate.set()
+            browser.close()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hubcache import isolate
+from rpcservers import Server, free_port
 
 from localeft import Emulator, InvalidParameterError, LocaleftError
 from localeft import placement, rpc
@@ -31,46 +32,6 @@ from localeft.errors import InsufficientMemoryError, RpcError
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["-c", "256", "-t", "1"]
 BOUND = 30  # seconds: a client whose server died must be gone well before this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One `localeft rpc-server` subprocess on a free loopback port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "localeft", "rpc-server", "--port", str(self.port), "-t", "1"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                rpc.probe(self.endpoint, timeout=2.0)
-                return
-            except RpcError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"no rpc-server: {self.proc.stderr.read()}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> tuple[int, str, str]:
-        """SIGINT (what Ctrl-C sends), then SIGKILL if it is not gone within 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            out, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
 
 
 @pytest.fixture
@@ -114,22 +75,27 @@ def trio_args(tiny) -> list[str]:
 PROMPTS = ["hello the cat", "a dog is", [{"role": "user", "content": "hi there"}]]
 
 
-def test_every_layer_remote_gives_the_local_distribution(tiny, make_em, servers):
-    """Tolerance: none. The remote CPU backend runs the same ggml kernels on the same F32
-    weights (no repacking applies to F32), and ggml splits a matrix product by rows, so every
-    dot product is summed in the same order: given the same requests, the log-probabilities
-    agree to the last bit (max |diff| = 0.0). What does change sums is batching: a KV cache
-    filled in other chunks (the shared `em` after other tests) differs by ~3e-6 here or there,
-    RPC or not; hence a fresh local Emulator with the same history. On real Q4_K_M models the
-    same holds against a local load without repacking (max |dp| 0.0 and 5e-7); the layout this
-    machine repacks weights into rounds differently, RPC or not (docs/DISTRIBUTED.md)."""
+@pytest.mark.parametrize("output", ["remote", "local"])
+def test_every_layer_remote_gives_the_local_distribution(tiny, make_em, servers, output):
+    """Tolerance: none, with the output layer on the last server or kept here. The remote CPU
+    backend runs the same ggml kernels on the same F32 weights (no repacking applies to F32),
+    and ggml splits a matrix product by rows, so every dot product is summed in the same order:
+    given the same requests, the log-probabilities agree to the last bit (max |diff| = 0.0).
+    What does change sums is batching: a KV cache filled in other chunks (the shared `em` after
+    other tests) differs by ~3e-6 here or there, RPC or not; hence a fresh local Emulator with
+    the same history. On real Q4_K_M models the same holds against a local load without
+    repacking (max |dp| 0.0 and 5e-7); the layout this machine repacks weights into rounds
+    differently, RPC or not (docs/DISTRIBUTED.md)."""
     eps = [s.endpoint for s in servers]
     em = make_em()
-    with Emulator(**trio_kw(tiny, rpc=eps)) as remote:
+    with Emulator(**trio_kw(tiny, rpc=eps, rpc_output=output)) as remote:
         place = {row["device"]: row for row in remote.placement}
-        assert place["local"]["layers"] == "input" and place["local"]["n_layers"] == 0
-        assert place[eps[0]]["layers"] == "0-1" and place[eps[1]]["layers"] == "2+output"
+        here = output == "local"
+        assert place["local"]["layers"] == ("input+output" if here else "input")
+        assert place["local"]["n_layers"] == 0 and place[eps[0]]["layers"] == "0-1"
+        assert place[eps[1]]["layers"] == ("2" if here else "2+output")
         assert all(place[e]["weights_mib"] > 0 for e in eps)
+        assert remote.rpc_output_choice == {"where": output, "why": f"rpc_output={output!r}"}
         for prompt in PROMPTS:
             for beta in (0.0, 1.0, 2.0):
                 local, there = em.logprobs(prompt, beta=beta), remote.logprobs(prompt, beta=beta)
@@ -138,10 +104,11 @@ def test_every_layer_remote_gives_the_local_distribution(tiny, make_em, servers)
             assert np.array_equal(em.logprobs(p, after=[7, 8]), remote.logprobs(p, after=[7, 8]))
 
 
-def test_generation_over_rpc_is_identical_plain_and_speculative(tiny, make_em, servers):
+@pytest.mark.parametrize("output", ["remote", "local"])
+def test_generation_over_rpc_is_identical_plain_and_speculative(tiny, make_em, servers, output):
     eps = [s.endpoint for s in servers]
     em = make_em()
-    with Emulator(**trio_kw(tiny, rpc=eps)) as remote:
+    with Emulator(**trio_kw(tiny, rpc=eps, rpc_output=output)) as remote:
         for prompt in PROMPTS:
             want = em.generate(prompt, max_tokens=40) if isinstance(prompt, str) else None
             if want is None:
@@ -166,7 +133,7 @@ def test_generation_over_rpc_is_identical_plain_and_speculative(tiny, make_em, s
 def test_a_split_keeps_layers_here_as_llama_cpp_places_them(tiny, make_em, servers):
     eps = [s.endpoint for s in servers]
     em = make_em()
-    with Emulator(**trio_kw(tiny, rpc=eps, rpc_split=[1, 1, 2])) as remote:
+    with Emulator(**trio_kw(tiny, rpc=eps, rpc_split=[1, 1, 2], rpc_output="remote")) as remote:
         place = {row["device"]: row for row in remote.placement}
         assert place["local"]["layers"] == "input+0-1"
         assert place[eps[0]]["layers"] == "2" and place[eps[1]]["layers"] == "output"
@@ -188,7 +155,8 @@ def test_remote_weights_do_not_count_against_this_machines_memory(tiny, servers,
     monkeypatch.setattr("localeft.ensemble.available_memory", lambda: budget)
     with pytest.raises(InsufficientMemoryError, match="RPC servers"):
         Emulator(**trio_kw(tiny, n_ctx=32))
-    with Emulator(**trio_kw(tiny, n_ctx=32, rpc=[s.endpoint for s in servers])) as em:
+    eps = [s.endpoint for s in servers]
+    with Emulator(**trio_kw(tiny, n_ctx=32, rpc=eps, rpc_output="remote")) as em:
         assert em.placement[0]["layers"] == "input"
     with pytest.raises(InsufficientMemoryError):  # unless the split keeps most of it here
         Emulator(**trio_kw(tiny, n_ctx=32, rpc=[servers[0].endpoint], rpc_split=[1, 9]))
@@ -197,6 +165,7 @@ def test_remote_weights_do_not_count_against_this_machines_memory(tiny, servers,
 def test_check_and_verbose_say_where_the_layers_went(tiny, servers, tmp_path, monkeypatch):
     isolate(tmp_path, monkeypatch)
     args = [*trio_args(tiny), "--rpc", servers[0].endpoint, "--rpc", servers[1].endpoint]
+    args += ["--rpc-output", "remote"]
     r = CliRunner().invoke(cli, ["check", *args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "RPC: available" in r.stdout
@@ -204,6 +173,8 @@ def test_check_and_verbose_say_where_the_layers_went(tiny, servers, tmp_path, mo
         f"large base: local input (0.1 MiB) | {servers[0].endpoint} layers 0-1 (0.3 MiB) | "
         f"{servers[1].endpoint} layers 2+output (0.3 MiB)"
     ) in r.stdout
+    assert f"RPC links (round trip, to here): {servers[0].endpoint} " in r.stdout
+    assert "\noutput layer: remote (rpc_output='remote')\n" in r.stdout
     r = CliRunner().invoke(
         cli, ["generate", "--json", "-v", "-n", "4", "--raw", *args, "hi"], catch_exceptions=False
     )

@@ -14,7 +14,7 @@ from clitools import FAST, assert_one_line_error, trio
 from hubcache import isolate
 from liveserver import running
 
-from localeft import Emulator, bench
+from localeft import Emulator, LoRA, bench
 from localeft.cli import cli
 from localeft.client import Client, RemoteStream
 from localeft.results import Generation, Score
@@ -441,3 +441,27 @@ def test_jsonl_shows_a_progress_bar_only_beside_redirected_results(monkeypatch):
             if b is not None:
                 b.update(3)
         assert ("3/3" in err.getvalue()) == bar
+
+
+def test_a_server_with_a_lora_is_checked_and_prints_the_local_bytes(tiny, adapters, make_em):
+    """The adapters are part of what must match: the same adapter and scale prints the local
+    bytes; none, another scale or another adapter is a one-line error before anything runs."""
+    small = ["--large-base", tiny.large_base, "--small-base", tiny.small_base]
+    lora = ["--small-ft-lora", f"{adapters.a}:0.5"]
+    em = make_em(small_ft=LoRA(tiny.small_base, adapters.a, scale=0.5))
+    with running(create_app(em, model="tiny")) as url:
+        args = ["-n", "8", "--json", "hi"]
+        here = invoke("generate", *FAST, *small, *lora, *args)
+        there = invoke("generate", "--server", url, *small, *lora, *args)
+        assert here.exit_code == there.exit_code == 0, there.output
+        assert without_stats(json.loads(here.stdout)) == without_stats(json.loads(there.stdout))
+        r = invoke("generate", "--server", url, *args)  # no model options: the server's
+        assert r.exit_code == 0, r.output
+        for other, shown in (
+            (["--small-ft-lora", f"{adapters.a}:1"], "a.gguf x1"),
+            (["--small-ft-lora", f"{adapters.b}:0.5"], "b.gguf x0.5"),
+        ):
+            r = invoke("generate", "--server", url, *small, *other, "hi")
+            assert_one_line_error(r, 1, "LoRA a.gguf x0.5", shown)
+        r = invoke("generate", "--server", url, *paths(tiny), "hi")
+        assert_one_line_error(r, 1, "serves")

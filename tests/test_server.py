@@ -451,7 +451,7 @@ def test_invalid_fields_answer_400_with_the_api_message(url, sem, field, value, 
         ("/v1/chat/completions", {"messages": HI, "grammar": "root ::= foo"}, "Undefined rule"),
         ("/v1/chat/completions", {"messages": HI, "logit_bias": {"x": 1}}, "logit_bias key"),
         ("/v1/chat/completions", {"messages": HI, "repeat_penalty": 0}, "repeat_penalty"),
-        ("/v1/completions", {"prompt": "hi", "echo": True, "stream": True}, "no echo"),
+        ("/v1/completions", {"prompt": ["hi", "yo"], "stream": True}, "stream takes one prompt"),
         ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "0 only with echo"),
         ("/v1/completions", {"prompt": [1.5]}, "prompt must be"),
         ("/v1/completions", {"prompt": [10**9]}, "prompt token id"),
@@ -529,7 +529,7 @@ def test_an_oversized_body_answers_413(sem):
 
 
 def test_the_api_key(sem):
-    with running(create_app(sem, api_key="s3cret")) as base:
+    with running(create_app(sem, model="tiny", api_key="s3cret")) as base:
         r = post(base, "/v1/chat/completions", {"messages": HI})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert "API key" in r.json()["error"]["message"]

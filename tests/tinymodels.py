@@ -328,10 +328,12 @@ def write_model(
     chat_template: str | None = CHATML,
     n_head_kv: int | None = None,
     name: str | None = None,
+    deltas: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a tiny llama-architecture GGUF model to ``path`` and return it.
 
-    Deterministic: the same arguments always produce a byte-identical file.
+    Deterministic: the same arguments always produce a byte-identical file. ``deltas`` (tensor
+    name -> array of its numpy shape) are added to the weights: a LoRA merged by hand.
     """
     import gguf  # test-only dependency
 
@@ -375,6 +377,8 @@ def write_model(
     for tname, arr in _weights(
         seed, BASE_VOCAB_SIZE, len(tokens), n_embd, n_layer, n_head, n_head_kv, n_ff, zero_blocks
     ):
+        if deltas and tname in deltas:
+            arr = (arr.astype(np.float64) + deltas[tname]).astype(np.float32)
         w.add_tensor(tname, arr)
 
     w.write_header_to_file()
@@ -382,6 +386,89 @@ def write_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# --------------------------------------------------------------------------
+# LoRA adapters
+# --------------------------------------------------------------------------
+
+LORA_TARGETS = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+)
+
+
+def write_lora(
+    path: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    *,
+    seed: int,
+    rank: int = 4,
+    alpha: float = 8.0,
+    targets: tuple[str, ...] = LORA_TARGETS,
+    extra: tuple[str, ...] = ("output.weight",),
+    strength: float = 0.5,
+    arch: str = "llama",
+    general_type: str = "adapter",
+) -> Path:
+    """Write a random rank-`rank` LoRA adapter GGUF for `model` (tensor names and shapes read
+    from it), as llama.cpp's convert_lora_to_gguf.py lays one out: `NAME.lora_a` of numpy
+    shape (rank, n_in) and `NAME.lora_b` (n_out, rank); for token_embd the pair is flipped
+    (lora_a (n_vocab, rank), lora_b (n_embd, rank)). Adapts every block's `targets` and the
+    `extra` whole-model tensors. Returns the path."""
+    import gguf
+
+    reader = gguf.GGUFReader(model)
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    names = [n for n in shapes if any(n.endswith(f".{t}.weight") for t in targets)]
+    names += [n for n in extra if n in shapes]
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(path, arch)
+    w.add_type(general_type)
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    for name in names:
+        rows, cols = shapes[name]  # numpy shape of the weight: (n_out, n_in)
+        if name == "token_embd.weight":  # (n_vocab, n_embd): A by token, B into the embedding
+            a = rng.standard_normal((rows, rank)) * strength
+            b = rng.standard_normal((cols, rank)) / np.sqrt(rank)
+        else:
+            a = rng.standard_normal((rank, cols)) / np.sqrt(cols)
+            b = rng.standard_normal((rows, rank)) * strength / np.sqrt(rank)
+        w.add_tensor(f"{name}.lora_a", a.astype(np.float32))
+        w.add_tensor(f"{name}.lora_b", b.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def lora_deltas(adapters: list[tuple[str | os.PathLike[str], float]]) -> dict[str, np.ndarray]:
+    """What the adapters add to each weight, `scale * alpha / rank * B @ A` summed (numpy
+    shapes of the weights), computed in float64 from the adapter files: the merge a user
+    would do by hand."""
+    import gguf
+
+    out: dict[str, np.ndarray] = {}
+    for path, scale in adapters:
+        reader = gguf.GGUFReader(path)
+        alpha = float(reader.fields["adapter.lora.alpha"].contents())
+        t = {x.name: np.asarray(x.data, dtype=np.float64) for x in reader.tensors}
+        for name in {n[: -len(".lora_a")] for n in t if n.endswith(".lora_a")}:
+            a, b = t[f"{name}.lora_a"], t[f"{name}.lora_b"]
+            if name == "token_embd.weight":
+                delta, rank = a @ b.T, a.shape[1]
+            else:
+                delta, rank = b @ a, a.shape[0]
+            factor = scale * alpha / rank if alpha else scale  # llama.cpp: alpha 0 = unset
+            out[name] = out.get(name, 0.0) + factor * delta
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ SETTINGS = frozenset(
     ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "beta")
     + ("speculative", "draft_tokens", "logprobs", "repeat_penalty", "repeat_last_n")
     + ("presence_penalty", "frequency_penalty", "logit_bias", "grammar", "json_schema")
+    + ("tools", "tool_choice", "parallel_tool_calls")
 )
 FIELDS = SETTINGS | {"prompt", "messages", "id", "mode"}
 

@@ -49,8 +49,10 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
     """
     from .. import bench as benchmark
 
-    if o["experts"]:
-        raise click.UsageError("bench measures a trio: give --large-base/--small-ft/--small-base")
+    if o["experts"] or o["expert_lora"]:
+        raise click.UsageError(
+            "bench measures a trio: give --large-base/--small-ft (or --small-ft-lora)/--small-base"
+        )
     if o["rpc"]:
         raise click.UsageError("bench runs locally; benchmarks/rpc_bench.py measures RPC")
     paths, settings = resolve_models(o)

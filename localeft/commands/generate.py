@@ -39,6 +39,7 @@ def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
             "base_prompt": em.base_prompt,
         },
         "models": {label: str(m.path) for label, m in em.models.items()},
+        **({"adapters": em.adapters} if em.adapters else {}),
         "stats": g.stats.as_dict(),
         **({"logprobs": [r.as_dict() for r in g.logprobs]} if g.logprobs is not None else {}),
     }

@@ -4,14 +4,13 @@ can be combined."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import click
 
-from .. import registry, rpc
+from .. import lora, registry, rpc
 from ..errors import LocaleftWarning
 from ..reports import ROLE_NAMES
-from ..terminal import placement_line
+from ..terminal import adapter_lines, placement_line
 from .options import MODEL_OPTIONS, Failure, open_emulator, opt
 
 
@@ -92,19 +91,26 @@ def check(**o):
     em, _ = open_emulator({**o, "ctx_size": o["ctx_size"] or 256})
     with em:
         by_path = {m.path: m for m in em.models.values()}
-        files = em.group.files
-        for label, path in files.items():
-            m = by_path[path]
+        for label, src in em.sources.items():
+            m = by_path[src.path]
             click.echo(
                 f"{ROLE_NAMES.get(label, label):<11} n_vocab {m.n_vocab:<7} "
-                f"n_ctx_train {m.n_ctx_train:<7} {m.path}"
+                f"n_ctx_train {m.n_ctx_train:<7} {src.describe()}"
+            )
+        for line in adapter_lines(em):
+            click.echo(line)
+        if em.adapters:
+            click.echo(
+                f"weights: {len(by_path)} model file(s) loaded once each for "
+                f"{len(em.sources)} roles"
             )
         for e in em.experts:
-            ft, ref = (Path(x).expanduser().resolve() for x in (e.ft, e.ref))
+            ft, ref = lora.source(e.ft), lora.source(e.ref)
             if ft == ref:
                 warnings.warn(
-                    f"the fine-tuned and the reference model are the same file ({ft.name}): "
-                    "their delta is zero, so EFT equals the base model alone",
+                    f"the fine-tuned and the reference model are the same ({ft.path.name}"
+                    + (" with the same adapters" if ft.adapters else "")
+                    + "): their delta is zero, so EFT equals the base model alone",
                     LocaleftWarning,
                     stacklevel=1,
                 )
@@ -137,4 +143,4 @@ def check(**o):
             "reinstall with scripts/install.sh)"
         )
         if em.placement:
-            click.echo(placement_line(em.placement))
+            click.echo(placement_line(em.placement, em.rpc_output_choice))

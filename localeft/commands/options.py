@@ -5,6 +5,7 @@ user agreed to) and a request's settings (`sampling`, `constraint_kwargs`).
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ import click
 from .. import registry, rpc
 from ..errors import ContextOverflowError
 from ..terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
-from ..terminal import placement_line, stdin_is_tty
+from ..lora import LoRA
+from ..terminal import adapter_lines, placement_line, stdin_is_tty
 from ..validate import MAX_DRAFT
-from .remote import connect
+from .remote import cached, connect, names_models
 
 if TYPE_CHECKING:
     from ..engine import Emulator
@@ -37,8 +39,8 @@ def context_message(e: ContextOverflowError) -> str:
     if e.tokens is None:
         return f"{e} (-c/--ctx-size sets the context size)"
     return (
-        f"the prompt is {e.tokens} tokens but the context holds {e.n_ctx}; "
-        "shorten it or raise -c/--ctx-size"
+        f"the prompt is {'at least ' * e.at_least}{e.tokens} tokens but the context holds "
+        f"{e.n_ctx}; shorten it or raise -c/--ctx-size"
     )
 
 
@@ -59,6 +61,26 @@ class ExpertType(click.ParamType):
             return Expert(parts[0], parts[1], float(parts[2]) if len(parts) == 3 else 1.0)
         except ValueError:
             self.fail(f"weight {parts[2]!r} in {value!r} is not a number", param, ctx)
+
+
+class AdapterType(click.ParamType):
+    """ADAPTER[:NUMBER] -> (path, number): the number after the last ':' when there is one
+    (1 by default), so paths with ':' in them still work."""
+
+    name = "ADAPTER[:SCALE]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        path, sep, tail = value.rpartition(":")
+        try:
+            number = float(tail) if sep else 1.0
+        except ValueError:
+            path, number = value, 1.0
+        path = path if sep and path else value
+        if not path or not math.isfinite(number):
+            self.fail(f"{value!r} is not ADAPTER or ADAPTER:NUMBER", param, ctx)
+        return path, number
 
 
 class SplitType(click.ParamType):
@@ -99,6 +121,21 @@ MODEL_OPTIONS = _stack(
         multiple=True,
         type=ExpertType(),
         help="Instead of the small pair: add WEIGHT*(FT - REF) to --large-base (repeatable).",
+    ),
+    opt(
+        "--small-ft-lora",
+        multiple=True,
+        type=AdapterType(),
+        help="The small fine-tuned model is --small-base with this LoRA adapter GGUF at SCALE "
+        "(default 1) applied, sharing its weights; repeatable (adapters stack).",
+    ),
+    opt(
+        "--expert-lora",
+        multiple=True,
+        type=AdapterType(),
+        metavar="ADAPTER[:WEIGHT]",
+        help="Add WEIGHT*(small base with ADAPTER - small base) to --large-base (repeatable: "
+        "one expert per adapter, all over one load of --small-base).",
     ),
     opt(
         "-c",
@@ -149,6 +186,15 @@ MODEL_OPTIONS = _stack(
         metavar="W,W[,W]",
         help="Shares of the large base's layers: one weight per --rpc server, then optionally "
         "one for this machine (default: all remote, by the servers' free memory).",
+    ),
+    opt(
+        "--rpc-output",
+        type=click.Choice(["auto", "local", "remote"]),
+        default="auto",
+        show_default=True,
+        help="Where the large base's output layer runs: here (a hidden state crosses the "
+        "network per token instead of the logits), on its server, or as the measured link "
+        "and this CPU say.",
     ),
     opt(
         "--rpc-timeout",
@@ -240,24 +286,68 @@ def _ask_download(preset: registry.Preset, refs: list) -> bool:
     )
 
 
-def resolve_models(o: dict) -> tuple[dict, dict]:
-    """Paths by role (explicit paths > preset roles) and the preset's settings ({} if none)."""
-    if o["experts"] and (o["small_ft"] or o["small_base"]):
+def resolve_models(o: dict, find=None) -> tuple[dict, dict]:
+    """Models by role (explicit paths > preset roles) and the preset's settings ({} if none).
+    `small_ft` may be a LoRA (--small-ft-lora, or a preset's adapters); with --expert or
+    --expert-lora, `experts` holds the Expert list and there is no small_ft. `find(ref)`: a
+    preset file's path (default: local or cached, else downloaded when allowed)."""
+    lora_ft, lora_experts = o.get("small_ft_lora") or (), o.get("expert_lora") or ()
+    if o["experts"] and (o["small_ft"] or (o["small_base"] and not lora_experts)):
         raise click.UsageError(
             "--expert replaces --small-ft/--small-base: give every pair as --expert FT:REF:WEIGHT"
         )
-    needed = ["large_base"] if o["experts"] else list(registry.ROLES)
+    if lora_ft and (o["small_ft"] or o["experts"] or lora_experts):
+        raise click.UsageError(
+            "--small-ft-lora makes the small fine-tuned model from --small-base: give no "
+            "--small-ft, --expert or --expert-lora with it"
+        )
+    if lora_experts and o["small_ft"]:
+        raise click.UsageError(
+            "--expert-lora puts each adapter on --small-base: give no --small-ft with it"
+        )
+    if o["experts"] or lora_experts:
+        needed = ["large_base", "small_base"] if lora_experts else ["large_base"]
+    elif lora_ft:
+        needed = ["large_base", "small_base"]
+    else:
+        needed = list(registry.ROLES)
     paths = {role: o[role] for role in needed if o[role]}
     missing = [role for role in needed if role not in paths]
-    if not missing and not o["preset"]:
-        return paths, {}
-    preset = registry.get_preset(o["preset"], o["config"])
-    refs = [preset.roles[role] for role in missing]
-    todo = [r for r in refs if r.path is None and registry.is_cached(r) is None]
-    download = bool(todo) and not o["offline"] and (o["yes"] or _ask_download(preset, todo))
-    for ref in refs:
-        paths[ref.role] = registry.resolve(ref, download=download, offline=o["offline"] or None)
-    return paths, preset.settings
+    settings = {}
+    if missing or o["preset"]:
+        preset = registry.get_preset(o["preset"], o["config"])
+        refs = [r for role in missing for r in preset.files(role)]
+        if find is None:
+            todo = [r for r in refs if r.path is None and registry.is_cached(r) is None]
+            download = bool(todo) and not o["offline"] and (o["yes"] or _ask_download(preset, todo))
+
+            def find(ref):
+                return registry.resolve(ref, download=download, offline=o["offline"] or None)
+
+        found = {ref: find(ref) for ref in refs}
+        for role in missing:
+            if role == "small_ft" and preset.adapters:
+                continue
+            paths[role] = found[preset.roles[role]]
+        if "small_ft" in missing and preset.adapters:
+            lora_ft = [(found[ref], scale) for ref, scale in preset.adapters]
+        settings = preset.settings
+    if lora_ft:
+        paths["small_ft"] = LoRA(paths["small_base"], list(lora_ft))
+    if o["experts"] or lora_experts:
+        from ..engine import Expert
+
+        paths["experts"] = list(o["experts"]) + [
+            Expert(LoRA(paths["small_base"], adapter), paths["small_base"], weight)
+            for adapter, weight in lora_experts
+        ]
+        paths.pop("small_base", None)
+    return paths, settings
+
+
+def model_file(model) -> str:
+    """The GGUF file of a model argument (a LoRA's model)."""
+    return str(model.model if isinstance(model, LoRA) else model)
 
 
 def constraint_kwargs(o: dict) -> dict:
@@ -311,25 +401,35 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
     place (commands/remote.py)."""
     if o.get("server"):
         o["constraints"] = constraint_kwargs(o)
-        return connect(o)
+        return connect(o, resolve_models(o, find=cached) if names_models(o) else None)
     em, settings = _open_emulator(o)
     if o.get("verbose") and em.placement:
-        click.echo(placement_line(em.placement), err=True)
+        click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
+    if o.get("verbose"):
+        for line in adapter_lines(em):
+            click.echo(line, err=True)
     return em, settings
 
 
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:
-    """A grammar is checked against the fine-tuned model's vocabulary before any weights
-    load."""
-    from ..backend import Model
     from ..engine import Emulator
+
+    kwargs, settings = emulator_kwargs(o)
+    return Emulator(**kwargs), settings
+
+
+def emulator_kwargs(o: dict) -> tuple[dict, dict]:
+    """The Emulator's arguments the options describe (files resolved, downloads done), and the
+    preset's settings. A grammar is checked against the fine-tuned model's vocabulary before
+    any weights load."""
+    from ..backend import Model
     from ..grammar import Grammar
 
     o["constraints"] = constraint_kwargs(o)
     paths, settings = resolve_models(o)
     if o["constraints"].get("grammar"):
-        ft = o["experts"][0].ft if o["experts"] else paths["small_ft"]
-        head = Model(ft, vocab_only=True)
+        ft = paths["experts"][0].ft if "experts" in paths else paths["small_ft"]
+        head = Model(model_file(ft), vocab_only=True)
         try:
             Grammar(head, o["constraints"]["grammar"]).close()
         finally:
@@ -344,12 +444,13 @@ def _open_emulator(o: dict) -> tuple[Emulator, dict]:
         rpc=list(o["rpc"]) or None,
         rpc_split=o["rpc_split"],
         rpc_timeout=o["rpc_timeout"],
+        rpc_output=o["rpc_output"],
     )
     if o["rpc_split"] and not o["rpc"]:
         raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
-    if o["experts"]:
-        return Emulator(base=paths["large_base"], experts=list(o["experts"]), **common), settings
-    return Emulator(**paths, **common), settings
+    if "experts" in paths:
+        return dict(base=paths["large_base"], experts=paths["experts"], **common), settings
+    return dict(**paths, **common), settings
 
 
 def sampling(o: dict, settings: dict) -> dict:

@@ -21,6 +21,7 @@ from click.core import ParameterSource
 
 from .. import registry
 from ..client import Client
+from ..lora import LoRA
 from ..errors import LocaleftWarning, ServerError
 
 SERVER = click.option(
@@ -50,8 +51,31 @@ def given(name: str) -> bool:
     return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
-def connect(o: dict) -> tuple[Client, dict]:
-    """The server as the Emulator the options describe, and the settings to default to."""
+MODEL_OPTIONS = ("preset", "large_base", "small_ft", "small_base", "experts")
+MODEL_OPTIONS += ("small_ft_lora", "expert_lora")
+
+
+def names_models(o: dict) -> bool:
+    """Do the options name models (a preset, paths, experts or adapters)?"""
+    return any(o.get(k) for k in MODEL_OPTIONS)
+
+
+def cached(ref: registry.ModelRef) -> Path:
+    """A preset file as it is here, to compare with the server's: never downloaded."""
+    path = registry.is_cached(ref)
+    if path is None:
+        raise ServerError(
+            f"cannot check that the server serves preset {ref.preset}'s {ref.role} file "
+            f"({ref.label}): it is not downloaded here; name no models to use the server's, "
+            f"or `{ref.pull_command}`"
+        )
+    return path
+
+
+def connect(o: dict, asked: tuple[dict, dict] | None) -> tuple[Client, dict]:
+    """The server as the Emulator the options describe, and the settings to default to.
+    `asked`: the models the options name and the preset's settings (options.resolve_models
+    with `cached`), None when they name none (the server's are used)."""
     for name, flag in REFUSED.items():
         if name in o and given(name):
             raise click.UsageError(
@@ -66,56 +90,40 @@ def connect(o: dict) -> tuple[Client, dict]:
                 stacklevel=2,
             )
     client = Client(o["server"])
-    asked = asked_files(o)
     if asked is None:
         settings = client.defaults
     else:
-        files, weights, settings = asked
-        check_models(client, files, weights)
+        paths, settings = asked
+        check_models(client, *served_as(paths))
     _check_load(client, o)
     beta = o.get("beta")
     client.beta = beta if beta is not None else settings.get("beta", client.beta)
     return client, settings
 
 
-def asked_files(o: dict) -> tuple[dict[str, Path], list[float], dict] | None:
-    """The files the options name, by the server's role labels, the expert weights and the
-    preset's settings; None when no option names a model. A preset file that is not downloaded
-    here cannot be compared: an error."""
-    if not any(o.get(k) for k in ("preset", "large_base", "small_ft", "small_base", "experts")):
-        return None
-    experts = list(o.get("experts") or ())
-    if experts and (o["small_ft"] or o["small_base"]):
-        raise click.UsageError(
-            "--expert replaces --small-ft/--small-base: give every pair as --expert FT:REF:WEIGHT"
-        )
-    needed = ["large_base"] if experts else list(registry.ROLES)
-    paths: dict[str, Path] = {r: Path(o[r]).expanduser() for r in needed if o[r]}
-    settings: dict = {}
-    if len(paths) < len(needed) or o["preset"]:
-        preset = registry.get_preset(o["preset"], o["config"])
-        settings = preset.settings
-        for role in needed:
-            if role not in paths:
-                paths[role] = registry.is_cached(preset.roles[role])
-                if paths[role] is None:
-                    raise ServerError(
-                        f"cannot check that the server serves preset {preset.name}: its {role} "
-                        f"file is not downloaded here; name no models to use the server's, or "
-                        f"`{preset.roles[role].pull_command}`"
-                    )
-    if not experts:
-        return {LABELS[r]: p for r, p in paths.items()}, [1.0], settings
-    many = len(experts) > 1
-    files = {"base": paths["large_base"]}
-    for i, e in enumerate(experts):
-        files[f"ft{i}" if many else "ft"] = Path(e.ft).expanduser()
-        files[f"ref{i}" if many else "ref"] = Path(e.ref).expanduser()
-    return files, [e.weight for e in experts], settings
+def served_as(paths: dict) -> tuple[dict[str, Path], dict[str, list], list[float]]:
+    """options.resolve_models' models as a server lists them in /v1/models: each role's file
+    and its LoRA adapters (path, scale) by label, and the expert weights."""
+    if "experts" in paths:
+        pairs = [(e.ft, e.ref, e.weight) for e in paths["experts"]]
+    else:
+        pairs = [(paths["small_ft"], paths["small_base"], 1.0)]
+    many = len(pairs) > 1
+    files, adapters = {"base": Path(paths["large_base"]).expanduser()}, {}
+    for i, (ft, ref, _) in enumerate(pairs):
+        for label, model in ((f"ft{i}" if many else "ft", ft), (f"ref{i}" if many else "ref", ref)):
+            if isinstance(model, LoRA):
+                adapters[label] = [(Path(a).expanduser(), s) for a, s in model.adapters]
+                model = model.model
+            files[label] = Path(model).expanduser()
+    return files, adapters, [w for _, _, w in pairs]
 
 
-def check_models(client: Client, files: dict[str, Path], weights: list[float]) -> None:
-    """The server must serve these files in these roles, with these expert weights."""
+def check_models(
+    client: Client, files: dict[str, Path], adapters: dict[str, list], weights: list[float]
+) -> None:
+    """The server must serve these files in these roles, with these LoRA adapters and
+    expert weights."""
     where = f"the server at {client.url}"
     advice = "drop the model options to use its models, or start `localeft serve` with these"
     if set(files) != set(client.roles) or weights != client.expert_weights:
@@ -129,6 +137,22 @@ def check_models(client: Client, files: dict[str, Path], weights: list[float]) -
                 f"{where} serves {client.roles[label]} as {label}, not the {asked} asked for; "
                 f"{advice}"
             )
+    for label in files:
+        mine, theirs = adapters.get(label, []), client.adapters.get(label, [])
+        same = len(mine) == len(theirs) and all(
+            same_file(a, b) and s == t for (a, s), (b, t) in zip(mine, theirs)
+        )
+        if not same:
+            raise ServerError(
+                f"{where} serves {label} with {_adapters(theirs)}, not the "
+                f"{_adapters(mine)} asked for; {advice}"
+            )
+
+
+def _adapters(pairs: list) -> str:
+    if not pairs:
+        return "no LoRA adapter"
+    return "LoRA " + " + ".join(f"{Path(str(p)).name} x{s:g}" for p, s in pairs)
 
 
 def same_file(asked: Path, served: str) -> bool:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import click
 
+from .. import validate
 from ..errors import ContextOverflowError, InvalidParameterError
-from ..reports import check_plotting, eval_table, model_names, plot_accuracy, token_table
+from ..reports import eval_table, model_names, plot_accuracy, plot_format, token_table
 from ..reports import totals_table
 from ..terminal import BETA
 from .options import JSON, MODEL_OPTIONS, Failure, context_message, make_request, open_emulator
@@ -29,16 +29,14 @@ def _progress(items, label: str):
 
 def _score_line(d):
     """(prompt, completion) of one JSONL line; InvalidParameterError names what is wrong."""
+    from ..scoring import line_prompt
+
     if not isinstance(d, dict):
         raise InvalidParameterError("expected an object with prompt or messages, and completion")
     completion = d.get("completion")
     if not isinstance(completion, str) or not completion:
         raise InvalidParameterError('needs a non-empty "completion" string')
-    if isinstance(d.get("messages"), list) and d["messages"]:
-        return d["messages"], completion
-    if isinstance(d.get("prompt"), str) and d["prompt"]:
-        return d["prompt"], completion
-    raise InvalidParameterError('needs "prompt" (text) or "messages" (a list)')
+    return line_prompt(d), completion
 
 
 @click.command()
@@ -139,12 +137,19 @@ def _read_score_lines(path: str):
 
 
 def _betas(value: str) -> list[float]:
-    try:
-        betas = [float(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    if not betas or any(not math.isfinite(b) or b < 0 for b in betas):
-        raise click.BadParameter(f"{value!r}: betas must be numbers >= 0")
+    """B1,B2,...: every item a number, each a valid beta (checked before the models load)."""
+    betas = []
+    for i, item in enumerate(value.split(","), 1):
+        try:
+            number = float(item)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r}: item {i} ({item.strip()!r}) is not a number"
+            ) from None
+        try:
+            betas.append(validate.beta(number))
+        except InvalidParameterError as e:
+            raise click.BadParameter(f"{value!r}: {e}") from None
     return list(dict.fromkeys(betas))
 
 
@@ -182,7 +187,7 @@ def eval_command(file, betas, plot, as_json, **o):
     except click.BadParameter as e:
         raise click.UsageError(f"--beta: {e.message}") from None
     if plot is not None:
-        check_plotting()
+        plot_format(plot)
     items, errors = read_items(file)
     em, _ = open_emulator({**o, "beta": None})
     with em:

@@ -9,10 +9,11 @@ import warnings
 
 import click
 
-from .. import rpc, rpcserver
+from .. import rpc, rpcgate, rpcserver
 from ..errors import LocaleftWarning
 from ..terminal import BETA
-from .options import MODEL_OPTIONS, Failure, open_emulator, opt
+from ..terminal import placement_line
+from .options import MODEL_OPTIONS, Failure, emulator_kwargs, open_emulator, opt
 
 
 @click.command()
@@ -58,7 +59,7 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             LocaleftWarning,
             stacklevel=1,
         )
-    em, settings = open_emulator(o)
+    em, settings = _engine(o)
     with em:
         click.echo(
             f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
@@ -75,6 +76,23 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             log_level="info" if verbose else "warning",
             defaults=settings,
         )
+
+
+def _engine(o: dict) -> tuple:
+    """With --rpc, the Emulator runs in a supervised worker process (server/supervisor.py):
+    when an RPC server dies or freezes, llama.cpp ends that process, not the server, which
+    answers 503 meanwhile and restarts it. Without, in this process."""
+    if not o["rpc"]:
+        return open_emulator(o)
+    from ..server.supervisor import RemoteEmulator, Supervisor
+
+    kwargs, settings = emulator_kwargs(o)
+    supervisor = Supervisor(kwargs)
+    supervisor.start()
+    em = RemoteEmulator(supervisor)
+    if o.get("verbose") and em.placement:
+        click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
+    return em, settings
 
 
 @click.command("rpc-server")
@@ -98,11 +116,29 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
     is_flag=True,
     help="Allow a --host other machines can reach (the protocol has no authentication).",
 )
-def rpc_server(host, port, threads, cache, trusted_network):
+@opt(
+    "--hello-timeout",
+    type=click.FloatRange(min=0.1),
+    default=rpcgate.HELLO_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Drop a connection that has not sent its handshake in this time.",
+)
+@opt(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=rpcgate.STALL_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Drop a client whose message stops halfway for this long (idle between messages is fine).",
+)
+def rpc_server(host, port, threads, cache, trusted_network, hello_timeout, stall_timeout):
     """Lend this machine's backend (its GPU when llama.cpp was built with one, else the CPU) to
     a localeft on another machine, which puts layers of its large base here with --rpc
     HOST:PORT: the weights and their KV cache live here, only activations cross the network.
-    One client at a time; Ctrl-C stops it. Listens on loopback unless told otherwise.
+    One client at a time; a connection that does not finish its handshake, or stops halfway
+    through a message, is dropped so the next client is served. Ctrl-C stops it. Listens on
+    loopback unless told otherwise.
 
     \b
     Examples:
@@ -131,12 +167,10 @@ def rpc_server(host, port, threads, cache, trusted_network):
             "authentication or encryption): use it only on a trusted network",
             err=True,
         )
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fail here, in plain words
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError as e:
-            raise Failure(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
+    try:  # fail here, in plain words
+        sock = rpcserver.listen(address, port)
+    except OSError as e:
+        raise Failure(f"cannot listen on {address}:{port}: {e.strerror or e}") from None
     if cache:
         cache = os.path.expanduser(cache)
         try:
@@ -152,7 +186,7 @@ def rpc_server(host, port, threads, cache, trusted_network):
         "one client at a time, Ctrl-C stops it"
     )
     sys.stdout.flush()
-    why = rpcserver.serve(address, port, n, cache)
+    why = rpcserver.serve(sock, n, cache, hello_timeout, stall_timeout)
     if why != "signal":
         raise Failure(why)
     click.echo("localeft rpc-server: stopped")

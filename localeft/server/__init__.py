@@ -11,6 +11,8 @@ Needs the `server` extra (Starlette, uvicorn): `pip install 'localeft[server]'`.
 | `client_api.py` | the endpoints `localeft generate/chat/score --server` use: whole results |
 | `shapes.py` | OpenAI's response shapes (and the `localeft` extension) |
 | `sse.py` | server-sent events, watching for clients that leave |
+| `limits.py` | below the app: headers in time, a cap on open connections |
+| `running.py` | uvicorn as `localeft serve` runs it: those limits, signals that stop generating |
 | `static/` | the chat page (no build step, nothing fetched from the internet) |
 """
 
@@ -51,13 +53,11 @@ def serve(
     log_level="warning",
     defaults: dict | None = None,
 ):
-    """Serve `em` until interrupted (Ctrl-C)."""
-    import uvicorn
-
+    """Serve `em` until stopped (SIGTERM or Ctrl-C: running.py). `defaults`: the preset's
+    settings the models were loaded with, for clients (`--server`)."""
+    from . import running
     from .app import create_app
 
     app = create_app(em, model=model, api_key=api_key, queue=queue, defaults=defaults)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=log_level == "info"
-    )
-    uvicorn.Server(config).run()
+    config = running.config(app, host=host, port=port, log_level=log_level)
+    running.Serving(config, app.state.server.stop).run()

@@ -27,9 +27,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..engine import Emulator, Stream
-from ..errors import ClosedError, ContextOverflowError, InvalidParameterError, LocaleftError
-from ..scoring import token_texts
-from . import client_api, jobs, params, shapes
+from ..errors import ClosedError, ContextOverflowError, EngineUnavailable, InvalidParameterError
+from ..errors import LocaleftError
+from .. import toolformat
+from . import client_api, jobs, params, shapes, tokenizer
 from .shapes import APIError
 from .sse import EventStream, wait_disconnect
 from .worker import QueueFull, Worker
@@ -37,6 +38,8 @@ from .worker import QueueFull, Worker
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # bytes: a long prompt is a few hundred KB
 QUEUE = 16  # requests waiting behind the running one
+PREPARING = 2  # requests whose settings and prompt are checked at once (threads)
+BODY_SECONDS = 60.0  # a request's body must arrive within this (headers: limits.py)
 
 
 class ClientGone(Exception):
@@ -51,9 +54,13 @@ def api_error(e: BaseException) -> APIError:
         return APIError(400, str(e), code="context_length_exceeded")
     if isinstance(e, InvalidParameterError):
         word = str(e).split(" ", 1)[0]
-        return APIError(400, str(e), param=word if word in params.ENGINE_FIELDS else None)
+        param = e.param or (word if word in params.ENGINE_FIELDS else None)
+        return APIError(400, str(e), param=param)
     if isinstance(e, ClosedError):
         return APIError(503, "the server is shutting down", code="unavailable")
+    if isinstance(e, EngineUnavailable):  # supervisor.py: an RPC server died or froze
+        retry = {"Retry-After": str(round(e.retry_after or 1))}
+        return APIError(503, str(e), type="server_error", code="engine_unavailable", headers=retry)
     if isinstance(e, LocaleftError):
         return APIError(400, str(e))
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
@@ -77,12 +84,14 @@ class Server:
         api_key: str | None,
         queue: int,
         max_body: int,
+        body_seconds: float = BODY_SECONDS,
         defaults: dict | None = None,
     ):
         self.em, self.model, self.api_key = em, model, api_key
         self.defaults = defaults or {}  # the preset's settings the models were loaded with
-        self.queue, self.max_body = queue, max_body
+        self.queue, self.max_body, self.body_seconds = queue, max_body, body_seconds
         self.worker: Worker | None = None
+        self.preparing = asyncio.Semaphore(PREPARING)
         self.created = int(time.time())
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -108,11 +117,15 @@ class Server:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             raise self._too_large()
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > self.max_body:
-                raise self._too_large()
+        try:
+            data = await asyncio.wait_for(self._read(request), self.body_seconds)
+        except asyncio.TimeoutError:
+            raise APIError(
+                408,
+                f"the request body did not arrive within {self.body_seconds:g} s",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            ) from None
         try:
             body = json.loads(data)
         except (ValueError, RecursionError) as e:
@@ -124,23 +137,39 @@ class Server:
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
         return body
 
+    async def _read(self, request: Request) -> bytearray:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_body:
+                raise self._too_large()
+        return data
+
     def _too_large(self) -> APIError:
         return APIError(
             413, f"the request body is over {self.max_body} bytes", code="request_too_large"
         )
 
+    async def prepared(self, fn, *args):
+        """fn(*args) in a thread beside the event loop, errors answered at once as 400s: for
+        what may take a while (settings checked, a JSON schema converted, a prompt rendered and
+        tokenized). At most PREPARING run at once; the rest wait here, without a thread."""
+        async with self.preparing:
+            return await asyncio.to_thread(checked, fn, *args)
+
     async def bound(self, req) -> Stream:
-        """The request's Stream: its prompt rendered and tokenized off the event loop (a long
-        prompt takes seconds), errors answered at once as 400s."""
-        return await asyncio.to_thread(checked, self.em.stream, req)
+        """The request's Stream: its prompt rendered and tokenized off the event loop."""
+        return await self.prepared(self.em.stream, req)
 
     def submit(self, work, streams) -> object:
         try:
             return self.worker.submit(work)
-        except QueueFull as e:
+        except (QueueFull, ClosedError) as e:
             for s in streams:
                 if s is not None:
                     s.close()
+            if isinstance(e, ClosedError):
+                raise api_error(e) from None
             raise APIError(
                 503,
                 f"the server is busy ({self.queue} requests waiting); {e}",
@@ -167,20 +196,30 @@ class Server:
         finally:
             watcher.cancel()
 
+    def stop(self) -> None:
+        """The server is shutting down (SIGTERM, Ctrl-C): the running generation stops at its
+        next token, its client gets the end of the reply; waiting requests are answered 503."""
+        if self.worker is not None:
+            self.worker.stop()
+
     # --- endpoints ---------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
     async def health(self, request: Request) -> Response:
+        engine = self.em.health() if hasattr(self.em, "health") else None  # supervisor.py
+        status = engine["status"] if engine else "ok"
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if status == "ok" else "degraded",
+                **({"engine": engine} if engine else {}),
                 "model": self.model,
                 "n_ctx": self.em.n_ctx,
                 "beta": self.em.beta,
                 "auth": self.api_key is not None,
                 "queue": self.worker.state() if self.worker else None,
-            }
+            },
+            status_code=200 if status == "ok" else 503,
         )
 
     async def models(self, request: Request) -> Response:
@@ -196,6 +235,7 @@ class Server:
                         "owned_by": "localeft",
                         "localeft": {
                             "files": {k: str(m.path) for k, m in self.em.models.items()},
+                            "adapters": self.em.adapters,
                             "n_ctx": self.em.n_ctx,
                             "beta": self.em.beta,
                             **self.load_facts(),
@@ -209,26 +249,39 @@ class Server:
         """What a client (`localeft generate --server`) checks before sending a request: every
         role's file and expert weight, the weight layout, how base models see chats, and the
         settings the command line that loaded them would default to."""
-        group = self.em.group
         return {
-            "roles": {label: str(path) for label, path in group.files.items()},
-            "expert_weights": [w for _, _, w in group.terms],
+            "expert_weights": self.em.expert_weights,
             "weights": self.em.weights,
             "repack": self.em.repack,
             "base_prompt": self.em.base_prompt,
             "defaults": self.defaults,
         }
 
+    def check_model(self, body: dict) -> None:
+        """The `model` asked for is the one served (absent or null: that one too)."""
+        name = body.get("model")
+        if name is not None and name != self.model:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist: this server serves {self.model!r} "
+                "(localeft serve --model-name sets the name)",
+                param="model",
+                code="model_not_found",
+            )
+
     async def chat(self, request: Request) -> Response:
         self.authorize(request)
-        req = checked(params.chat, await self.body(request), self.em.n_ctx)
+        body = await self.body(request)
+        self.check_model(body)
+        req = await self.prepared(params.chat, body, self.em.n_ctx)
         stream = await self.bound(req.requests[0])
         top = req.top_logprobs
         work = jobs.run(self.em, req.prompts, [stream], records=top is not None)
         ticket = self.submit(work, [stream])
         rid = shapes.new_id("chatcmpl")
         if req.stream:
-            return EventStream(self._chat_chunks(ticket, rid, req), ticket.cancel)
+            chunks = self._chat_chunks(ticket, rid, req, stream.tool_family)
+            return EventStream(chunks, ticket.cancel)
         try:
             events = await self.collect(ticket, request)
         except ClientGone:
@@ -247,14 +300,20 @@ class Server:
         ext = shapes.extension(g, records if top is not None else None, beta=self._beta(req))
         return JSONResponse(shapes.chat_completion(rid, self.model, g, logprobs, ext))
 
-    async def _chat_chunks(self, ticket, rid: str, req: params.ApiRequest):
+    async def _chat_chunks(self, ticket, rid: str, req: params.ApiRequest, family):
         top = req.top_logprobs
-        yield shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""})
+        split = None if family is None else toolformat.ContentStream(family)
+        usage = {"usage": None} if req.include_usage else {}  # OpenAI: null until the last
+        yield {**shapes.chat_chunk(rid, self.model, {"role": "assistant", "content": ""}), **usage}
         while True:
             ev = await ticket.next()
             if ev[0] == "piece":
                 _, _, text, records = ev
-                yield shapes.chat_chunk(
+                if split is not None:
+                    text = split.feed(text)
+                    if not text and not records:
+                        continue
+                chunk = shapes.chat_chunk(
                     rid,
                     self.model,
                     {"content": text},
@@ -263,15 +322,19 @@ class Server:
                     else shapes.chat_logprobs(records, top, self._piece),
                     ext={"tokens": [r.as_dict() for r in records]} if top is not None else None,
                 )
+                yield {**chunk, **usage}
             elif ev[0] == "done":
                 g = ev[2]
-                yield shapes.chat_chunk(
+                for delta in shapes.tool_deltas(g, split):
+                    yield {**shapes.chat_chunk(rid, self.model, delta), **usage}
+                chunk = shapes.chat_chunk(
                     rid,
                     self.model,
                     {},
                     finish=shapes.FINISH.get(g.finish_reason),
                     ext=shapes.extension(g, beta=self._beta(req)),
                 )
+                yield {**chunk, **usage}
                 if req.include_usage:
                     u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
                     yield shapes.chat_chunk(rid, self.model, None, usage_=u)
@@ -283,7 +346,9 @@ class Server:
 
     async def completions(self, request: Request) -> Response:
         self.authorize(request)
-        req = checked(params.completion, await self.body(request), self.em.n_ctx)
+        body = await self.body(request)
+        self.check_model(body)
+        req = await self.prepared(params.completion, body, self.em.n_ctx)
         streams = []
         try:
             for r in req.requests:
@@ -330,7 +395,7 @@ class Server:
                 gens[ev[1]] = ev[2]
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, (prompt, e, g) in enumerate(zip(req.prompts, echoes, gens)):
-            text = ("".join(e.texts) if e else "") + (g.text if g else "")
+            text = (e.text if e else "") + (g.text if g else "")
             logprobs = None
             if top is not None:
                 start = 0 if e else len(self._prompt_text(prompt))
@@ -340,6 +405,8 @@ class Server:
             choice["localeft"] = shapes.extension(
                 g, records[i] if top is not None else None, beta=self._beta(req)
             )
+            if g is None and e is not None:  # echo only: what scoring the prompt cost
+                choice["localeft"]["stats"] = e.stats.as_dict()
             choices.append(choice)
             prompt_tokens += g.stats.prompt_tokens if g else len(e.ids)
             completion_tokens += len(g.tokens) if g else 0
@@ -350,29 +417,58 @@ class Server:
     async def _completion_chunks(self, ticket, rid: str, req: params.ApiRequest):
         top = req.top_logprobs
         offset = len(self._prompt_text(req.prompts[0])) if top is not None else 0
+        usage = {"usage": None} if req.include_usage else {}  # OpenAI: null until the last
+        echo = None
         while True:
             ev = await ticket.next()
-            if ev[0] == "piece":
+            if ev[0] == "echo":  # the prompt itself first (echo), with its scores
+                echo = ev[2]
+                logprobs = None if top is None else self._completion_logprobs(echo, [], top, 0)
+                offset = sum(len(t) for t in echo.texts)
+                choice = shapes.completion_choice(0, echo.text, logprobs, None)
+                yield {**shapes.completion_chunk(rid, self.model, choice), **usage}
+            elif ev[0] == "piece":
                 _, _, text, records = ev
                 logprobs = None
                 if top is not None:
                     logprobs = self._completion_logprobs(None, records, top, offset)
                     offset += sum(len(r.text) for r in records)
                 choice = shapes.completion_choice(0, text, logprobs, None)
-                yield shapes.completion_chunk(rid, self.model, choice)
+                yield {**shapes.completion_chunk(rid, self.model, choice), **usage}
             elif ev[0] == "done":
                 g = ev[2]
-                choice = shapes.completion_choice(0, "", None, shapes.FINISH.get(g.finish_reason))
+                finish = shapes.FINISH.get(g.finish_reason) if g else "length"
+                choice = shapes.completion_choice(0, "", None, finish)
                 ext = shapes.extension(g, beta=self._beta(req))
-                yield shapes.completion_chunk(rid, self.model, choice, ext=ext)
+                if g is None and echo is not None:
+                    ext["stats"] = echo.stats.as_dict()
+                chunk = shapes.completion_chunk(rid, self.model, choice, ext=ext)
+                yield {**chunk, **usage}
                 if req.include_usage:
-                    u = shapes.usage(g.stats.prompt_tokens, len(g.tokens))
+                    n_prompt = g.stats.prompt_tokens if g else len(echo.ids)
+                    u = shapes.usage(n_prompt, len(g.tokens) if g else 0)
                     yield shapes.completion_chunk(rid, self.model, None, usage_=u)
             elif ev[0] == "error":
                 yield api_error(ev[1]).body()
                 return
             else:
                 return
+
+    async def tokenize(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.body(request)
+        model = jobs.text_model(self.em)
+        return JSONResponse(await asyncio.to_thread(checked, tokenizer.tokenize, model, body))
+
+    async def detokenize(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.body(request)
+        model = jobs.text_model(self.em)
+        return JSONResponse(checked(tokenizer.detokenize, model, body))
+
+    async def tokenizer_info(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse(tokenizer.info(jobs.text_model(self.em), self.em.n_ctx))
 
     # --- helpers -----------------------------------------------------------------------------
     def _piece(self, token: int) -> bytes:
@@ -381,7 +477,7 @@ class Server:
     def _prompt_text(self, prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        return "".join(token_texts(jobs.text_model(self.em), prompt))
+        return "".join(jobs.prompt_texts(self.em, prompt, prompt))
 
     def _beta(self, req: params.ApiRequest) -> float:
         beta = req.requests[0].beta
@@ -431,15 +527,18 @@ def create_app(
     api_key: str | None = None,
     queue: int = QUEUE,
     max_body: int = MAX_BODY,
+    body_seconds: float = BODY_SECONDS,
     defaults: dict | None = None,
 ) -> Starlette:
-    """The ASGI app serving `em` (one request at a time; `queue` more may wait). `defaults`:
+    """The ASGI app serving `em` (one request at a time; `queue` more may wait);
+    `app.state.server.stop()` stops it generating (the server is shutting down). `defaults`:
     the preset settings (beta, temperature, n_ctx) the models were loaded with, for clients."""
-    server = Server(em, model, api_key, queue, max_body, defaults)
+    server = Server(em, model, api_key, queue, max_body, body_seconds, defaults)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         server.worker = Worker(queue)
+        await asyncio.to_thread(em.prompts.measure_tokens)  # for refusing huge prompts at once
         try:
             yield
         finally:
@@ -452,6 +551,9 @@ def create_app(
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         *client_api.routes(server, api_error, ClientGone),
+        Route("/tokenize", server.tokenize, methods=["POST"]),
+        Route("/detokenize", server.detokenize, methods=["POST"]),
+        Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(

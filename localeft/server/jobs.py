@@ -11,9 +11,11 @@ then ("end",), or ("error", exception) instead of whatever had not come yet. A c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..decoding import Stats
 from ..engine import Emulator, Stream
 from ..errors import LocaleftError
 from ..scoring import token_texts
@@ -25,10 +27,12 @@ class Echo:
     """A prompt's own tokens: text, and with logprobs their log-probs and alternatives under
     EFT (the first token has no context: None)."""
 
+    text: str  # the prompt as written (token ids: their text)
     ids: list[int]
     texts: list[str]
     logprobs: list[float | None]
     tops: list[list[tuple[int, str, float]] | None]
+    stats: Stats = field(default_factory=Stats)  # what scoring it cost (no tokens generated)
 
 
 def text_model(em: Emulator):
@@ -44,19 +48,55 @@ def prompt_ids(em: Emulator, prompt) -> list[int]:
     return list(prompt)
 
 
+def prompt_texts(em: Emulator, prompt, ids: list[int]) -> list[str]:
+    """Each prompt token's text: control tokens a raw prompt parsed (<|im_start|>) as their
+    text. For a text prompt, aligned with what was written where the tokenizer added to it
+    (a BOS: nothing; SentencePiece's space before a fragment: dropped), so that they
+    concatenate to the prompt."""
+    model = text_model(em)
+    texts = token_texts(model, ids, special=True)
+    if not isinstance(prompt, str):
+        return texts
+    bos = model.special_text("bos")
+    if ids and ids[0] == model.bos_id and not prompt.startswith(bos):
+        texts[0] = ""
+    return _aligned(texts, prompt) or texts
+
+
+def _aligned(texts: list[str], prompt: str) -> list[str] | None:
+    """The token texts with spaces the tokenizer added (not in `prompt`) dropped; None if they
+    do not spell the prompt even so."""
+    out, at = [], 0
+    for t in texts:
+        if not prompt.startswith(t, at):
+            if t[:1] != " " or not prompt.startswith(t[1:], at):
+                return None
+            t = t[1:]
+        out.append(t)
+        at += len(t)
+    return out if at == len(prompt) else None
+
+
 def echo(em: Emulator, prompt, top: int | None, beta) -> Echo:
     """Score a prompt's own tokens: `Emulator.score(ids[:1], ids[1:])`."""
+    t0 = time.perf_counter()
     ids = prompt_ids(em, prompt)
-    texts = token_texts(text_model(em), ids)
+    texts = prompt_texts(em, prompt, ids)
+    text = prompt if isinstance(prompt, str) else "".join(texts)
+    stats = Stats(prompt_tokens=len(ids))
     if top is None or len(ids) < 2:
         none = [None] * len(ids)
-        return Echo(ids, texts, none, list(none))
+        stats.seconds = stats.prompt_seconds = time.perf_counter() - t0
+        return Echo(text, ids, texts, none, list(none), stats)
     s = em.score(ids[:1], ids[1:], beta=beta, top=top)
+    stats.seconds = stats.prompt_seconds = time.perf_counter() - t0
     return Echo(
+        text,
         ids,
         texts,
         [None] + [r.logprob for r in s.tokens],
         [None] + [r.top for r in s.tokens],
+        stats,
     )
 
 

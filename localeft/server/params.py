@@ -7,6 +7,9 @@ API's alone (shapes, `n`, `echo`, `logprobs` forms) and fills OpenAI's defaults 
 Unknown fields are ignored, as OpenAI-compatible servers do; fields that would change the output
 but cannot be honoured (`n` > 1, `suffix`) are errors.
 
+Tools (`tools`, `tool_choice`, `parallel_tool_calls`) are request.build's settings of the same
+names; the legacy `functions` / `function_call` are refused with a pointer to them.
+
 Penalties and `logit_bias` take llama.cpp's semantics (as llama-server does: the penalties look
 back `repeat_last_n` tokens, prompt included); `response_format` (json_object / json_schema),
 llama-server's `grammar` and `json_schema` constrain the combined distribution.
@@ -52,19 +55,24 @@ def _flag(body: dict, name: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
+        raise InvalidParameterError(f"{name} must be true or false, got {value!r}", param=name)
     return value
 
 
 def _unsupported(body: dict) -> None:
     n = _get(body, "n")
     if n is not None and (isinstance(n, bool) or n != 1):
-        raise InvalidParameterError(f"n must be 1 (one choice per request), got {n!r}")
+        raise InvalidParameterError(f"n must be 1 (one choice per request), got {n!r}", param="n")
     best_of = _get(body, "best_of")
     if best_of is not None and (isinstance(best_of, bool) or best_of != 1):
-        raise InvalidParameterError(f"best_of must be 1, got {best_of!r}")
+        raise InvalidParameterError(f"best_of must be 1, got {best_of!r}", param="best_of")
     if _get(body, "suffix"):
-        raise InvalidParameterError("suffix is not supported")
+        raise InvalidParameterError("suffix is not supported", param="suffix")
+    for old in ("functions", "function_call"):
+        if _get(body, old) is not None:
+            raise InvalidParameterError(
+                f"{old} is OpenAI's deprecated form: use tools and tool_choice", param=old
+            )
 
 
 def _settings(body: dict, max_tokens, n_ctx: int) -> dict:
@@ -83,7 +91,7 @@ def _settings(body: dict, max_tokens, n_ctx: int) -> dict:
         value = _get(body, name)
         if value is not None:
             s[name] = value
-    for name in ("speculative", "draft_tokens") + PENALTIES:
+    for name in ("speculative", "draft_tokens") + PENALTIES + TOOLS:
         if _get(body, name) is not None:
             s[name] = body[name]
     s.update(_format(body))
@@ -92,6 +100,7 @@ def _settings(body: dict, max_tokens, n_ctx: int) -> dict:
 
 PENALTIES = ("frequency_penalty", "presence_penalty", "repeat_penalty", "repeat_last_n")
 PENALTIES += ("logit_bias",)
+TOOLS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def _format(body: dict) -> dict:
@@ -105,7 +114,8 @@ def _format(body: dict) -> dict:
             "json_schema",
         ):
             raise InvalidParameterError(
-                "response_format must be {type: text | json_object | json_schema}"
+                "response_format must be {type: text | json_object | json_schema}",
+                param="response_format",
             )
         if fmt["type"] == "json_object":
             out["grammar"] = any_json_object()
@@ -113,12 +123,16 @@ def _format(body: dict) -> dict:
             spec = fmt.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
-                raise InvalidParameterError("response_format.json_schema needs a schema object")
+                raise InvalidParameterError(
+                    "response_format.json_schema needs a schema object", param="response_format"
+                )
             out["json_schema"] = schema
     for name in ("grammar", "json_schema"):
         if _get(body, name) is not None:
             if out:
-                raise InvalidParameterError("give one of response_format, grammar, json_schema")
+                raise InvalidParameterError(
+                    "give one of response_format, grammar, json_schema", param=name
+                )
             out[name] = body[name]
     return out
 
@@ -133,7 +147,9 @@ def _stream(body: dict) -> tuple[bool, bool]:
     stream = _flag(body, "stream")
     options = _get(body, "stream_options")
     if options is not None and not isinstance(options, dict):
-        raise InvalidParameterError(f"stream_options must be an object, got {options!r}")
+        raise InvalidParameterError(
+            f"stream_options must be an object, got {options!r}", param="stream_options"
+        )
     usage = _flag(options or {}, "include_usage")
     return stream, usage
 
@@ -143,13 +159,15 @@ def chat(body: dict, n_ctx: int) -> ApiRequest:
     _unsupported(body)
     messages = _get(body, "messages")
     if not isinstance(messages, list) or not messages:
-        raise InvalidParameterError("messages must be a non-empty list of {role, content}")
+        raise InvalidParameterError(
+            "messages must be a non-empty list of {role, content}", param="messages"
+        )
     top = None
     if _flag(body, "logprobs"):
         n = _get(body, "top_logprobs")
         top = 0 if n is None else validate.integer("top_logprobs", n, 0, MAX_TOP_LOGPROBS)
     elif _get(body, "top_logprobs") is not None:
-        raise InvalidParameterError("top_logprobs needs logprobs: true")
+        raise InvalidParameterError("top_logprobs needs logprobs: true", param="top_logprobs")
     max_tokens = _max_tokens(body, chat=True)
     stream, usage = _stream(body)
     settings = _settings(body, max_tokens, n_ctx)
@@ -176,7 +194,8 @@ def _prompts(prompt) -> list:
         ):
             return list(prompt)
     raise InvalidParameterError(
-        "prompt must be a string, a list of token ids, or a list of either (a batch)"
+        "prompt must be a string, a list of token ids, or a list of either (a batch)",
+        param="prompt",
     )
 
 
@@ -189,11 +208,13 @@ def completion(body: dict, n_ctx: int) -> ApiRequest:
     echo = _flag(body, "echo")
     stream, usage = _stream(body)
     max_tokens = _max_tokens(body, chat=False)
-    if stream and (echo or len(prompts) > 1):
-        raise InvalidParameterError("stream takes one prompt and no echo")
+    if stream and len(prompts) > 1:
+        raise InvalidParameterError("stream takes one prompt", param="prompt")
     if type(max_tokens) is int and max_tokens == 0:
         if not echo:
-            raise InvalidParameterError("max_tokens must be >= 1 (0 only with echo), got 0")
+            raise InvalidParameterError(
+                "max_tokens must be >= 1 (0 only with echo), got 0", param="max_tokens"
+            )
         settings = _settings(body, 1, n_ctx)  # checked like a generation's
     else:
         settings = _settings(body, max_tokens if max_tokens is not None else 16, n_ctx)
@@ -203,7 +224,8 @@ def completion(body: dict, n_ctx: int) -> ApiRequest:
     if echo and top is not None and settings["mode"] != "eft":
         raise InvalidParameterError(
             "echo with logprobs scores the prompt under EFT only (beta 0 is the large base "
-            "alone): mode must be eft"
+            "alone): mode must be eft",
+            param="mode",
         )
     reqs = [request.build(p, **settings) for p in prompts]
     return ApiRequest(False, prompts, reqs, stream, usage, top, echo, max_tokens)

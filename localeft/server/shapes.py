@@ -18,6 +18,8 @@ from ..scoring import TokenInfo
 
 # engine finish reasons -> OpenAI's ("grammar": no token could continue it, the output ends)
 FINISH = {"eog": "stop", "stop": "stop", "grammar": "stop", "length": "length", "context": "length"}
+FINISH["tool_calls"] = "tool_calls"
+FINISH["interrupted"] = "stop"  # the server shut down mid-reply: the reply ends there
 
 
 class APIError(Exception):
@@ -94,6 +96,28 @@ def chat_logprobs(records: Sequence[TokenInfo], top: int, piece: Callable[[int],
     }
 
 
+def message(g: Generation) -> dict:
+    """The assistant's message: its content, and the calls it made."""
+    out = {"role": "assistant", "content": g.content, "refusal": None}
+    if g.tool_calls:
+        out["tool_calls"] = [c.as_dict() for c in g.tool_calls]
+    return out
+
+
+def tool_deltas(g: Generation, split) -> list[dict]:
+    """The last deltas of a streamed reply with tools: the content held back (`split`, a
+    toolformat.ContentStream), then one delta per call, as OpenAI streams them."""
+    if split is None:
+        return []
+    out = []
+    rest = split.finish(g.content)
+    if rest:
+        out.append({"content": rest})
+    for i, call in enumerate(g.tool_calls):
+        out.append({"tool_calls": [{"index": i, **call.as_dict()}]})
+    return out
+
+
 def chat_completion(rid: str, model: str, g: Generation, logprobs: dict | None, ext: dict) -> dict:
     return {
         "id": rid,
@@ -103,7 +127,7 @@ def chat_completion(rid: str, model: str, g: Generation, logprobs: dict | None, 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": g.text, "refusal": None},
+                "message": message(g),
                 "logprobs": logprobs,
                 "finish_reason": FINISH.get(g.finish_reason),
             }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from typing import AsyncIterator, Callable
 
 HEADERS = [
@@ -20,8 +21,26 @@ HEADERS = [
 
 
 def event(data: dict | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    """One event. JSON has no NaN or Infinity (Python's json would write them, and clients'
+    parsers would fail on them): a non-finite number is written as null."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            text = json.dumps(_finite(data), ensure_ascii=False)
     return f"data: {text}\n\n".encode()
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 DONE = event("[DONE]")

@@ -4,7 +4,8 @@ thread-safe, and generation is blocking CPU work that must not stall the event l
 A request is a `Ticket`: its work runs in the worker thread and hands events to the event loop
 through an asyncio queue (`emit` is thread-safe); `cancel()` (the client went away) drops a
 waiting ticket from the line at once, and tells running work to stop at its next token.
-Beyond `limit` waiting tickets, `submit` raises `QueueFull` with a retry estimate.
+Beyond `limit` waiting tickets, `submit` raises `QueueFull` with a retry estimate. `stop()`
+(the server shutting down) ends the running work at its next token and answers the waiting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import collections
 import threading
 import time
 from typing import Any, Callable
+
+from ..errors import ClosedError
 
 
 class QueueFull(Exception):
@@ -51,6 +54,10 @@ class Ticket:
             self._cancelled.set()
             self.on_cancel(self)
 
+    def stop(self) -> None:
+        """Running work stops at its next token, and ends its events as usual."""
+        self._cancelled.set()
+
 
 class Worker:
     """The single worker thread and its bounded FIFO line."""
@@ -68,12 +75,12 @@ class Worker:
 
     def submit(self, work: Callable[[Ticket], None]) -> Ticket:
         """Queue `work` (called with its ticket in the worker thread); QueueFull if the line
-        already holds `limit` requests behind the running one."""
+        already holds `limit` requests behind the running one, ClosedError once stopped."""
         ticket = Ticket(work, asyncio.get_running_loop())
         ticket.on_cancel = self._drop
         with self._cond:
             if self._closed:
-                raise QueueFull(1)
+                raise ClosedError("the server is shutting down")
             if len(self._line) + (self._running is not None) > self.limit:
                 self.counts["rejected"] += 1
                 wait = self._mean_seconds * (len(self._line) + 1)
@@ -91,15 +98,22 @@ class Worker:
                 **self.counts,
             }
 
-    def close(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
+        """Shutting down: nothing new is taken; waiting requests are answered that the server
+        is shutting down; the running one stops at its next token (its client gets what was
+        generated, and the end of its reply)."""
         with self._cond:
             self._closed = True
-            for t in self._line:
-                t._cancelled.set()
+            waiting, running = list(self._line), self._running
             self._line.clear()
-            if self._running is not None:
-                self._running._cancelled.set()
             self._cond.notify()
+        for t in waiting:
+            t.emit(("error", ClosedError("the server is shutting down")))
+        if running is not None:
+            running.stop()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop()
         self._thread.join(timeout)
 
     def _drop(self, ticket: Ticket) -> None:

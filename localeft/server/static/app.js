@@ -116,7 +116,10 @@ document.addEventListener("mouseover", (e) => {
 
 // --- one exchange -----------------------------------------------------------------------------
 async function send(text) {
-  state.messages.push({ role: "user", content: text });
+  // This exchange belongs to the conversation it began in: "new chat" replaces
+  // state.messages, and a reply stopped by it must not leak into the next conversation.
+  const conversation = state.messages;
+  conversation.push({ role: "user", content: text });
   addMessage("user", text);
   const el = addMessage("assistant", "");
   el.classList.add("streaming");
@@ -125,7 +128,7 @@ async function send(text) {
   const s = settings();
   const request = {
     model: state.model,
-    messages: state.messages,
+    messages: conversation,
     stream: true,
     stream_options: { include_usage: true },
     logprobs: true,
@@ -181,12 +184,12 @@ async function send(text) {
       }
       el.scrollIntoView({ block: "end" });
     }
-    state.messages.push({ role: "assistant", content: reply.text });
+    conversation.push({ role: "assistant", content: reply.text });
   } catch (err) {
     if (err.name === "AbortError") {
-      state.messages.push({ role: "assistant", content: reply.text });
+      conversation.push({ role: "assistant", content: reply.text });
     } else {
-      state.messages.pop();
+      conversation.pop();
       el.classList.add("error");
       body.textContent = String(err.message || err);
     }
