@@ -46,6 +46,9 @@ TOPICS += "moss,kites,ink,tides,owls,ferns,dust,bells,wool,sand"
 def cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LOCALEFT_SERVER", None)
+    # as installed: byte code written once and reused (an environment that forbids it, as some
+    # sandboxes do, compiles every module on every start: ~30 ms more a call here)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     r = subprocess.run(
         [sys.executable, "-m", "localeft", *map(str, args)],
         capture_output=True,
@@ -241,23 +244,37 @@ def main() -> None:
                         raise SystemExit("the server did not start") from None
                     time.sleep(0.2)
             log(f"server: up in {time.perf_counter() - t0:.1f} s; {len(prompts)} prompts each way")
-            raw, client, texts = [], [], []
+            raw, client = {}, {}  # by prompt index
+            texts: dict[int, str] = {}
             raw_generate(port, prompts[0], a.tokens)  # warm
             cli("generate", "--server", url, "-n", a.tokens, prompts[0])
-            for i, p in enumerate(prompts):
+            # Each side gets a prompt the other did not just send (a repeated prompt would find
+            # its tokens in the KV caches), and every prompt once each way: the sums compare
+            # the same requests.
+            n = len(prompts)
+            for i in range(n):
+                j = (i + 1) % n
                 pair = [
-                    (raw, lambda p=p: raw_generate(port, p, a.tokens)),
-                    (client, lambda p=p: cli("generate", "--server", url, "-n", a.tokens, p)),
+                    (raw, i, lambda i=i: raw_generate(port, prompts[i], a.tokens)),
+                    (
+                        client,
+                        j,
+                        lambda j=j: cli("generate", "--server", url, "-n", a.tokens, prompts[j]),
+                    ),
                 ]
-                for times, fn in pair if i % 2 == 0 else pair[::-1]:
+                for times, k, fn in pair if i % 2 == 0 else pair[::-1]:
                     seconds, r = timed(fn)
-                    times.append(seconds)
+                    times[k] = seconds
                     if times is client:
-                        texts.append(r.stdout)
+                        texts[k] = r.stdout
+            order = range(n)
+            raw, client = [raw[k] for k in order], [client[k] for k in order]
+            texts = [texts[k] for k in order]
             res["server"] = {
                 "server_own_median_s": statistics.median(raw),
                 "cli_median_s": statistics.median(client),
                 "cli_adds_median_s": statistics.median(c - r for c, r in zip(client, raw)),
+                "cli_adds_mean_s": (sum(client) - sum(raw)) / len(raw),
                 "server_own_total_s": sum(raw),
                 "cli_total_s": sum(client),
             }

@@ -29,7 +29,8 @@ import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import layout, lora, outputcost, placement, rpc, rpclink, validate
-from .backend import Context, Model, check_gguf_file
+from .backend import Model, check_gguf_file
+from .context import Context
 from .ggufinfo import Header, read_header
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
@@ -220,9 +221,10 @@ class Ensemble:
         for (src, kind), n_step in zip(unique, step or [None] * len(unique)):
             label = next(lab for q, k, lab in keys if (q, k) == (src, kind))
             model = self.models[src.path]
-            ctx = model.new_context(
-                n_ctx,
-                cores,
+            ctx = Context(
+                model,
+                n_ctx=n_ctx,
+                n_threads=cores,
                 n_threads_step=n_step,
                 adapters=[(model.adapter(a), scale) for a, scale in src.adapters],
             )

@@ -21,7 +21,8 @@ import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import layout
-from .backend import MAX_OUTPUTS, Model
+from .backend import Model
+from .context import MAX_OUTPUTS
 from .eft import log_softmax
 from .ensemble import Ensemble
 from .errors import InvalidParameterError, LocaleftError
