@@ -57,14 +57,19 @@ def main() -> None:
         default="measured",
         help="force one CPU layout on both engines (default: each measures its own)",
     )
+    ap.add_argument(
+        "--repack",
+        action="store_true",
+        help="every load with repacked weights (default: every load mmap'd; one layout for all)",
+    )
     a = ap.parse_args()
     other = import_as(a.other, "localeft_other")
     trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
     overlap = {"measured": None, "overlap": True, "sequential": False}[a.layout]
-    common = dict(n_ctx=2048, n_threads=a.threads, overlap=overlap)
+    common = dict(n_ctx=2048, n_threads=a.threads, overlap=overlap, repack=a.repack)
     engines = {"this": Emulator(**trio, **common), "other": other.Emulator(**trio, **common)}
     threads = a.threads or engines["this"].group.roles[0].ctx.n_threads_batch
-    alone = {role: _Alone(p, 2048, threads, 0) for role, p in trio.items()}
+    alone = {role: _Alone(p, 2048, threads, 0, a.repack) for role, p in trio.items()}
     prompt_ids = engines["this"].prompt_tokens(PROMPT)["base"]
     for em in engines.values():
         em.chat(PROMPT, max_tokens=2, speculative=False)  # warm-up

@@ -8,6 +8,7 @@ On this project's CPU machines the stand-in trio is ../shared/models/ (fetch.sh)
         M/qwen2.5-coder-0.5b-instruct.gguf M/qwen2.5-coder-0.5b-instruct.gguf
 """
 
+import argparse
 import json
 import sys
 
@@ -25,7 +26,12 @@ def main() -> None:
     ap.add_argument("-ngl", "--gpu-layers", type=int, default=0)
     ap.add_argument("--draft", type=int, help="fixed draft length (default: adaptive)")
     ap.add_argument("--top-p", type=float, help="sample with temperature 0.8 and this top-p")
-    ap.add_argument("--no-repack", action="store_true", help="no repacked weight copies")
+    ap.add_argument(
+        "--repack",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="llama.cpp's repacked CPU weights (default: mmap, as localeft's commands)",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sampling = {"temperature": 0.8, "top_p": a.top_p} if a.top_p else {}
@@ -40,7 +46,7 @@ def main() -> None:
         n_gpu_layers=a.gpu_layers,
         draft_tokens=a.draft,
         sampling=sampling,
-        repack=not a.no_repack,
+        repack=a.repack,
         log=lambda s: print(s, file=sys.stderr),
     )
     print(json.dumps(r, indent=2) if a.json else format_table(r))

@@ -6,6 +6,7 @@ chat client sends them), turn by turn, the two engines alternating.
 
 Per turn and engine: prompt tokens evaluated (over the three contexts; the rest came from the
 KV caches), prompt seconds, and the whole turn's seconds. Medians and the ratio this/other.
+Both engines load the same weight layout (mmap'd, or repacked with --repack).
 """
 
 from __future__ import annotations
@@ -42,10 +43,19 @@ def main() -> None:
     ap.add_argument("--other", type=Path, required=True, help="the other checkout")
     ap.add_argument("--turns", type=int, default=len(TURNS))
     ap.add_argument("-c", "--ctx-size", type=int, default=4096)
+    ap.add_argument(
+        "--repack",
+        action="store_true",
+        help="both engines with repacked weights (default: both mmap'd; the same layout either "
+        "way, whatever each checkout's default)",
+    )
     a = ap.parse_args()
     trio = dict(large_base=a.large_base, small_ft=a.small_ft, small_base=a.small_base)
     pkgs = {"this": localeft, "other": import_as(a.other, "localeft_other")}
-    ems = {k: p.Emulator(**trio, n_ctx=a.ctx_size, overlap=False) for k, p in pkgs.items()}
+    ems = {
+        k: p.Emulator(**trio, n_ctx=a.ctx_size, overlap=False, repack=a.repack)
+        for k, p in pkgs.items()
+    }
     history = {k: [] for k in ems}
     rows = {k: [] for k in ems}  # (evaluated, prompt s, turn s)
     for turn, text in enumerate(TURNS[: a.turns]):

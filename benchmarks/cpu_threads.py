@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import llama_cpp  # noqa: F401
 
 from localeft.backend import Model
+from localeft.context import Context
 from localeft.native import default_threads
 
 
@@ -28,9 +29,9 @@ def main() -> None:
     prompt = models[a.paths[0]].tokenize("def fibonacci(n):\n    ")
     # Layout 1: sequential, all cores per model. Layout 2: large on cores-1 threads, the two
     # small ones (one after the other) on 1 thread, both groups at once.
-    seq = [models[p].new_context(512, cores) for p in a.paths]
-    par_large = models[a.paths[0]].new_context(512, max(1, cores - 1))
-    par_small = [models[p].new_context(512, 1) for p in a.paths[1:]]
+    seq = [Context(models[p], n_ctx=512, n_threads=cores) for p in a.paths]
+    par_large = Context(models[a.paths[0]], n_ctx=512, n_threads=max(1, cores - 1))
+    par_small = [Context(models[p], n_ctx=512, n_threads=1) for p in a.paths[1:]]
     pool = ThreadPoolExecutor(2)
     for c in seq + [par_large] + par_small:
         c.eval(prompt, 1)

@@ -35,10 +35,10 @@ CASES = {
 }
 
 
-def counting(backend) -> collections.Counter:
+def counting(context) -> collections.Counter:
     """Count each model's llama_decode calls and tokens (Context._decode wrapped)."""
     counts: collections.Counter = collections.Counter()
-    real = backend.Context._decode
+    real = context.Context._decode
 
     def decode(self, chunk, *args, **kw):
         name = self.model.path.stem
@@ -46,7 +46,7 @@ def counting(backend) -> collections.Counter:
         counts[name, "tokens"] += len(chunk)
         return real(self, chunk, *args, **kw)
 
-    backend.Context._decode = decode
+    context.Context._decode = decode
     return counts
 
 
@@ -60,9 +60,9 @@ def main() -> None:
     ap.add_argument("--source", default=str(Path(__file__).resolve().parent.parent))
     args = ap.parse_args()
     sys.path.insert(0, args.source)
-    from localeft import Emulator, backend
+    from localeft import Emulator, context
 
-    counts = counting(backend)
+    counts = counting(context)
     em = Emulator(args.large_base, args.small_ft, args.small_base)
     for name, kw in CASES.items():
         for temperature in (0.0, 1.0):

@@ -111,7 +111,7 @@ def main() -> None:
     result: dict = {"endpoints": endpoints, "cores": cores}
     try:
         log("loading: local, local without repacking, and over RPC")
-        here = Emulator(**trio)
+        here = Emulator(**trio, repack=True)
         plain = Emulator(**trio, repack=False)
         there = Emulator(**trio, rpc=endpoints, rpc_output=a.rpc_output)
         result["placement"] = there.placement

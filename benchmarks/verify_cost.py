@@ -13,6 +13,7 @@ import time
 import llama_cpp  # noqa: F401  (before numpy)
 
 from localeft.backend import Model
+from localeft.context import Context
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     a = ap.parse_args()
     m = Model(a.model, n_gpu_layers=a.ngl)
-    c = m.new_context(2048)
+    c = Context(m, n_ctx=2048)
     prompt = m.tokenize("def fibonacci(n):\n    " * 10)
     c.eval(prompt, 1)
     start = len(c.tokens)

@@ -1,8 +1,12 @@
-"""localeft: emulated fine-tuning (EFT) of GGUF models through llama.cpp, offline."""
+"""localeft: emulated fine-tuning (EFT) of GGUF models through llama.cpp, offline.
 
-import llama_cpp  # noqa: F401  (first: CUDA builds crashed when numpy was imported before it)
+The names below load on first use (PEP 562): `import localeft` alone, and the CLI when it only
+talks to a running server (`--server`), start without llama.cpp or NumPy.
 
-from .engine import Emulator, Expert, Generation, LoRA, Stats, Stream
+Every module that imports NumPy imports llama_cpp before it: CUDA builds crashed the other way
+(tests/test_scripting.py checks the order).
+"""
+
 from .errors import (
     ContextOverflowError,
     InvalidParameterError,
@@ -10,7 +14,6 @@ from .errors import (
     ModelFileError,
     VocabMismatchError,
 )
-from .sampling import SamplingParams
 from .tools import ToolCall
 
 __version__ = "0.1.0"
@@ -30,3 +33,16 @@ __all__ = [
     "InvalidParameterError",
     "__version__",
 ]
+_ENGINE = ("Emulator", "Expert", "LoRA", "Generation", "Stats", "Stream")
+
+
+def __getattr__(name: str):
+    if name in _ENGINE or name == "SamplingParams":
+        import llama_cpp  # noqa: F401  (before numpy, as in every module that imports both)
+
+        from . import engine, sampling
+
+        value = getattr(engine if name in _ENGINE else sampling, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'localeft' has no attribute {name!r}")

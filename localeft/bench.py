@@ -68,18 +68,31 @@ def _kv_bytes(em: Emulator) -> int:
 class _Alone:
     """One model through plain llama-cpp-python: greedy decode, the baseline."""
 
-    def __init__(self, path, n_ctx, n_threads, n_gpu_layers):
+    def __init__(self, path, n_ctx, n_threads, n_gpu_layers, repack):
         """`path`: a model file, or a LoRA (its model with its adapters set on the context)."""
         model = path.model if isinstance(path, LoRA) else path
-        self.llm = llama_cpp.Llama(
-            model_path=str(model),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=True,
-            verbose=False,
-        )
+        # Llama takes no repack setting: its model parameters come from llama.cpp's defaults
+        # (repack on), so the baseline gets the emulator's weight layout through them.
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def model_params():
+            params = defaults()
+            params.use_extra_bufts = repack
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = model_params
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(model),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                flash_attn=True,
+                verbose=False,
+            )
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = defaults
         self.n_vocab = self.llm.n_vocab()
         if isinstance(path, LoRA):
             self._adapters = [
@@ -156,7 +169,7 @@ def run(
     draft_tokens: int | None = None,
     sampling: dict | None = None,
     baselines: bool = True,
-    repack: bool = True,
+    repack: bool = False,
     log=lambda s: None,
 ) -> dict:
     """Measure everything; returns a JSON-ready dict."""
@@ -193,7 +206,7 @@ def run(
     if baselines:
         log("loading the baselines (plain llama-cpp-python)")
         for role, path in paths.items():
-            alone[role] = _Alone(path, n_ctx, n_threads, n_gpu_layers)
+            alone[role] = _Alone(path, n_ctx, n_threads, n_gpu_layers, repack)
         prompt_ids = em.prompt_tokens(PROMPT)["base"]
         for a in alone.values():
             a.decode_seconds(prompt_ids, 2)  # warm-up

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import sys
 import warnings
@@ -15,14 +16,38 @@ import warnings
 import click
 
 from . import __version__
-from .commands import bench, chat, generate, models, scoring, serving
 from .commands.options import Failure, context_message
 from .errors import ContextOverflowError, LocaleftError, LocaleftWarning
+
+# command -> (module of localeft/commands, function): a command's module is imported when it
+# runs, so `localeft generate --server URL` reads no other command's code
+COMMANDS = {
+    "generate": ("generate", "generate"),
+    "compare": ("generate", "compare"),
+    "score": ("scoring", "score"),
+    "eval": ("scoring", "eval_command"),
+    "chat": ("chat", "chat"),
+    "pull": ("models", "pull"),
+    "models": ("models", "models"),
+    "check": ("models", "check"),
+    "bench": ("bench", "bench"),
+    "serve": ("serving", "serve"),
+    "rpc-server": ("serving", "rpc_server"),
+}
 
 
 class _Group(click.Group):
     """Turns deliberate errors, Ctrl-C, bad input bytes and failed writes into one line and an
-    exit code; shows library warnings as one line each."""
+    exit code; shows library warnings as one line each. Commands load on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(f".commands.{module}", __package__), attr)
 
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():
@@ -77,22 +102,6 @@ def cli():
       localeft compare "Write a limerick about GPUs." --temp 0.7 --seed 1
       localeft check --large-base big.gguf --small-ft ft.gguf --small-base base.gguf
     """
-
-
-for command in (
-    generate.generate,
-    generate.compare,
-    scoring.score,
-    scoring.eval_command,
-    chat.chat,
-    models.pull,
-    models.models,
-    models.check,
-    bench.bench,
-    serving.serve,
-    serving.rpc_server,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -10,66 +10,16 @@ claimed by someone else when resumed, brings the contexts back to its own tokens
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from .constraints import Constraints
 from .ensemble import Ensemble
 from .layout import Span, reply_span
+from .results import Stats
 from .sampling import Sampler
-
-
-@dataclass
-class Stats:
-    """What one generation cost, and where the time went."""
-
-    prompt_tokens: int = 0  # tokens in the (longest) rendered prompt
-    prompt_evaluated: int = 0  # prompt tokens actually decoded, summed over contexts (KV reuse)
-    generated_tokens: int = 0
-    seconds: float = 0.0
-    prompt_seconds: float = 0.0
-    model_seconds: dict[str, float] = field(default_factory=dict)  # decode + logits, per context
-    numpy_seconds: float = 0.0  # combine + sample
-    speculative: bool = False
-    draft_tokens: int = 0  # k when fixed, the last k when adaptive
-    drafted: int = 0
-    accepted: int = 0
-    verifications: int = 0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    layout: str = ""  # CPU layout of EFT steps: overlap | sequential ("" where moot)
-    layout_probe: dict[str, float] | None = None  # median ms per step of each, once measured
-    # Where the base model's layers are when RPC servers hold some (Emulator.placement).
-    placement: list[dict] = field(default_factory=list)
-
-    @property
-    def decode_seconds(self) -> float:
-        return self.seconds - self.prompt_seconds
-
-    @property
-    def ms_per_token(self) -> float:
-        n = self.generated_tokens
-        return 1000 * self.decode_seconds / n if n else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def mean_accepted(self) -> float:
-        return self.accepted / self.verifications if self.verifications else 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("ms_per_token", "tokens_per_second", "acceptance_rate", "mean_accepted"):
-            d[k] = getattr(self, k)
-        return d
 
 
 # observe(token, combined row, {context index: its row}): called for every token before it is

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import placement, toolformat
@@ -60,8 +61,10 @@ class Emulator:
     the chat template and decides end of generation. `overlap` (default: on for CPU-only runs
     with 2+ threads) decodes the base model concurrently with the others, the cores split in
     proportion to model size (measured faster than one model after another on a CPU).
-    `repack=False` mmaps the weights (shared through the page cache, faster to load) instead
-    of reading them into llama.cpp's faster CPU layout: ~11% slower CPU decoding.
+    The weights are mmap'd (shared through the page cache: a 7B loads in about a second);
+    `repack=True` reads them into llama.cpp's repacked CPU layout instead: ~11% faster CPU
+    decoding after a load seconds longer, and numerically a different rounding of the same model
+    (`weights` says which layout results come from; the README's determinism contract).
 
     `rpc=["host:port", ...]` places the base model's layers on llama.cpp RPC servers (`localeft
     rpc-server` on other machines; the other models stay here): by default all of them, in
@@ -94,7 +97,7 @@ class Emulator:
         base_prompt: BasePrompt = "template",
         drafter: int = 0,
         overlap: bool | None = None,
-        repack: bool = True,
+        repack: bool = False,
         rpc: Sequence[str] | None = None,
         rpc_split: Sequence[float] | None = None,
         rpc_timeout: float = rpc_module.DEFAULT_TIMEOUT,
@@ -108,7 +111,7 @@ class Emulator:
         self.base_prompt = validate.choice("base_prompt", base_prompt, ("template", "transcript"))
         validate.integer("drafter", drafter, 0, len(self.experts) - 1)
         validate.flag("overlap", overlap)
-        validate.flag("repack", repack)
+        self.repack = bool(validate.flag("repack", repack))
         remote = placement.remote(rpc, rpc_split, rpc_timeout, rpc_output)
         self.beta = beta  # validated by the setter
         self.group = Ensemble(
@@ -138,6 +141,17 @@ class Emulator:
     def overlap(self) -> bool:
         """On a CPU: the base model decodes beside the others (else one after another)."""
         return self.group.overlap
+
+    @property
+    def expert_weights(self) -> list[float]:
+        """Each expert's weight, in order (one expert: [1.0] unless set otherwise)."""
+        return [e.weight for e in self.experts]
+
+    @property
+    def weights(self) -> str:
+        """The weight layout results come from: "repacked" (llama.cpp's repacked CPU copy of
+        some weights, `repack=True`) or "mmap" (the file's own layout)."""
+        return self.group.weights
 
     @property
     def vocab(self) -> VocabCheck:

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import layout, lora, outputcost, placement, rpc, rpclink, validate
-from .backend import Context, Model, check_gguf_file
+from .backend import Model, check_gguf_file
+from .context import Context
 from .ggufinfo import Header, read_header
 from .native import available_memory, default_threads
 from .eft import Combiner, Term
@@ -117,7 +119,7 @@ class Ensemble:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         overlap: bool | None = None,
-        repack: bool = True,
+        repack: bool = False,
         remote: placement.Remote | None = None,
     ):
         """`remote`: the base model's layers go to these RPC servers (the others stay here)."""
@@ -201,6 +203,9 @@ class Ensemble:
         for p, a in adapted:  # before any context of the model: llama.cpp sizes graphs by them
             self.models[p].adapter(a)
         self.gpu_offload = any(m.offloaded for m in self.models.values())
+        # The weight layout results depend on (Stats.weights): llama.cpp's repacked CPU copy
+        # of some weights, or the file's own layout (mmap'd)
+        self.weights = "repacked" if any(m.repacked for m in self.models.values()) else "mmap"
         # Sizes are what each model computes here: a base all on RPC servers only waits.
         sizes = [self.models[src.path].size_bytes for src, _ in unique]
         if plan is not None:
@@ -216,9 +221,10 @@ class Ensemble:
         for (src, kind), n_step in zip(unique, step or [None] * len(unique)):
             label = next(lab for q, k, lab in keys if (q, k) == (src, kind))
             model = self.models[src.path]
-            ctx = model.new_context(
-                n_ctx,
-                cores,
+            ctx = Context(
+                model,
+                n_ctx=n_ctx,
+                n_threads=cores,
                 n_threads_step=n_step,
                 adapters=[(model.adapter(a), scale) for a, scale in src.adapters],
             )

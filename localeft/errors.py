@@ -72,3 +72,8 @@ class EngineUnavailable(RpcError):
 
 class LocaleftWarning(UserWarning):
     """A setting that works but is probably not what the user wants (the CLI prints one line)."""
+
+
+class ServerError(LocaleftError):
+    """The `localeft serve` a client (`--server URL`) talks to is unreachable, is not a localeft
+    server, refuses the request, or serves other models than the ones asked for."""

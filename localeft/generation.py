@@ -9,39 +9,23 @@ prompt tokens, the grammar compiled for the vocabulary. `run` picks the decoder
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import toolformat
 from .backend import Model
 from .constraints import Constraints, GrammarDeadEnd
-from .decoding import PlainDecoder, Stats
+from .decoding import PlainDecoder
 from .ensemble import Ensemble
 from .errors import ContextOverflowError
 from .grammar import Grammar
 from .layout import Span
 from .request import Request
+from .results import Generation, Stats, TokenInfo
 from .sampling import Sampler
-from .scoring import Recorder, TokenInfo
+from .scoring import Recorder
 from .speculative import SpeculativeDecoder
 from .textstream import TextStream
-from .tools import ToolCall
-
-
-@dataclass
-class Generation:
-    """`text` is everything generated; with tools, `tool_calls` are the calls read from it
-    and `content` the rest (None when only calls were written; without tools, the text)."""
-
-    text: str
-    tokens: list[int]
-    # "eog" | "stop" | "length" | "context" | "grammar" | "interrupted" | "tool_calls"
-    finish_reason: str
-    stats: Stats
-    seed: int | None = None  # the seed sampling used (picked when none was given); None: greedy
-    logprobs: list[TokenInfo] | None = None  # per token, with logprobs=N
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    content: str | None = None
 
 
 class Stream:
@@ -109,6 +93,7 @@ def _run(group: Ensemble, job: Job, out: Stream, check_open) -> Iterator[str]:
     t0 = time.perf_counter()
     stats = Stats(
         prompt_tokens=max(len(p) for p in job.prompts.values()),
+        weights=group.weights,
         placement=[dict(row) for row in group.placement],
     )
     model = job.text_model

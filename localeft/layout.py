@@ -29,7 +29,7 @@ from typing import Sequence
 
 Call = tuple[int, tuple[int, ...]]  # (first position, the tokens one llama_decode call decodes)
 Span = tuple[int, int]  # [start, end) token positions
-SCORE_CHUNK = 16  # = backend.MAX_OUTPUTS: a chunk of scoring asks for all its rows
+SCORE_CHUNK = 16  # = context.MAX_OUTPUTS: a chunk of scoring asks for all its rows
 
 
 def stretches(n: int, replies: Sequence[Span]) -> list[tuple[int, int, bool]]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
-from .backend import Model, common_prefix
+from .backend import Model
+from .context import common_prefix
 from .errors import ContextOverflowError, InvalidParameterError
 from .layout import Span
 from .prompts import Rendered, render_pieces, reply_spans, tokenize_prompt, transcript_pieces

@@ -11,17 +11,20 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .chatfiles import ChatFileError, SavedChat, existing, history_dir, read_chat, restorable
 from .chatfiles import write_json
-from .decoding import Stats
-from .engine import Emulator
 from .errors import ContextOverflowError, LocaleftError
 from .interrupts import deferred_interrupts
+from .results import Stats
 from .terminal import EXPLAIN_TOP, MODES, SETTABLE, explained, notes, run
 from .terminal import stats_line, stdin_is_tty
+
+if TYPE_CHECKING:
+    from .engine import Emulator
 
 CHAT_HELP = """Commands:
   /help                 this text

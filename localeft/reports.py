@@ -4,10 +4,14 @@ the accuracy table, the accuracy-against-beta plot, the token view's page."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import tokenview
-from .engine import Emulator, Generation
 from .errors import LocaleftError
+from .results import Generation
+
+if TYPE_CHECKING:
+    from .engine import Emulator
 
 ROLE_NAMES = {"base": "large_base", "ft": "small_ft", "ref": "small_base"}
 

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import validate
@@ -22,12 +23,11 @@ from .errors import InvalidParameterError
 from .grammar import schema_grammar
 from .prompts import Message, check_messages
 from .sampling import SamplingParams
+from .validate import MAX_DRAFT, MAX_TOP_LOGPROBS
 from .tools import check_choice, check_tools, strings
 
 Mode = Literal["eft", "base", "ft"]
 MODES = ("eft", "base", "ft")
-MAX_TOP_LOGPROBS = 20
-MAX_DRAFT = 15  # verification asks for k + 1 logits rows in one decode (backend.MAX_OUTPUTS)
 
 
 @dataclass(frozen=True)

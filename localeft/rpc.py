@@ -28,9 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, NoReturn, Sequence
 
-import llama_cpp
-from llama_cpp._ctypes_extensions import load_shared_library
-
 from .errors import InvalidParameterError, RpcError
 
 DEFAULT_PORT = 50052
@@ -48,6 +45,9 @@ def _lib(name: str) -> ctypes.CDLL | None:
     holds libggml-base.so, .so.0 and .so.0.25.3 as three files, not links: opening another one
     would load a second instance with its own globals, such as the abort callback.)"""
     if name not in _libs:
+        import llama_cpp  # here, not at the top: the CLI as a client never loads llama.cpp
+        from llama_cpp._ctypes_extensions import load_shared_library
+
         llama_cpp.llama_backend_init()  # idempotent: llama.cpp's libraries are all loaded
         path = _loaded_path(name)
         try:
@@ -107,6 +107,8 @@ class _Ggml:
 
     def devices(self) -> list[int]:
         """This process's own devices (RPC servers are never registered globally)."""
+        import llama_cpp
+
         llama_cpp.llama_backend_init()  # loads the backends once
         return [self.dev_get(i) for i in range(self.dev_count())]
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Sequence
 
 from .rpc import ACCEL, CPU, _declare, _rpc, ggml
@@ -99,6 +100,7 @@ def serve(
     try:
         threading.Thread(target=run, name="rpc-server", daemon=True).start()
         if gate:
+            _wait_listening(inner, stop)  # else the first clients are dropped, not served
             door = Gate(sock, inner, log, hello_timeout, stall_timeout)
             threading.Thread(target=door.run, name="rpc-gate", daemon=True).start()
         while not stop.wait(1.0):
@@ -109,6 +111,17 @@ def serve(
         sock.close()
         sys.stdout.flush()
     return why[0]
+
+
+def _wait_listening(address: tuple, stop: threading.Event, seconds: float = 30.0) -> None:
+    """Until llama.cpp's server accepts connections at `address` (or it stopped)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            socket.create_connection(address, timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def describe_devices(devs: Sequence[int]) -> list[str]:

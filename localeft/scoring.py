@@ -13,108 +13,21 @@ from __future__ import annotations
 import codecs
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
 from . import layout
-from .backend import MAX_OUTPUTS, Model
+from .backend import Model
+from .context import MAX_OUTPUTS
 from .eft import log_softmax
 from .ensemble import Ensemble
 from .errors import InvalidParameterError, LocaleftError
+from .results import Score, TokenInfo, Totals
 from .prompts import check_messages
-
-
-@dataclass
-class TokenInfo:
-    """One token of a scored or generated text."""
-
-    id: int
-    text: str  # the characters this token completes (concatenated: the whole text)
-    logprob: float  # under EFT (in a one-model mode: that model's)
-    rank: int  # 1 = EFT's most likely token at this position
-    models: dict[str, float]  # each model alone: this token's log-prob, by label (base, ft, ref)
-    eft_top: int  # EFT's most likely token here
-    base_top: int | None  # the large base alone's (None when the base did not run)
-    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, EFT log-prob)
-
-    @property
-    def differs_from_base(self) -> bool:
-        """This token is not what the large base alone would have picked greedily."""
-        return self.base_top is not None and self.id != self.base_top
-
-    @property
-    def top_differs(self) -> bool:
-        """EFT's top choice here is not the large base alone's."""
-        return self.base_top is not None and self.eft_top != self.base_top
-
-    @property
-    def shift(self) -> float | None:
-        """How far the fine-tuning delta moved this token: EFT log-prob − base log-prob."""
-        base = self.models.get("base")
-        return None if base is None else self.logprob - base
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["top"] = [{"id": i, "text": t, "logprob": lp} for i, t, lp in self.top]
-        d.update(
-            differs_from_base=self.differs_from_base,
-            top_differs=self.top_differs,
-            shift=self.shift,
-        )
-        return d
-
-
-@dataclass
-class Totals:
-    """A text's log-likelihood under one distribution."""
-
-    logprob: float  # summed
-    tokens: int
-
-    @property
-    def mean(self) -> float:
-        return self.logprob / self.tokens if self.tokens else 0.0
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(-self.mean)
-
-    def as_dict(self) -> dict:
-        return {
-            "logprob": self.logprob,
-            "tokens": self.tokens,
-            "mean": self.mean,
-            "perplexity": self.perplexity,
-        }
-
-
-@dataclass
-class Score:
-    """`Emulator.score`'s result: per-token records and totals for EFT and each model."""
-
-    tokens: list[TokenInfo]
-    totals: dict[str, Totals]  # "eft" and each model label
-    beta: float
-    by_beta: dict[float, Totals] = field(default_factory=dict)  # EFT totals at other betas
-
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
-
-    def as_dict(self, per_token: bool = True) -> dict:
-        d = {
-            "text": self.text,
-            "beta": self.beta,
-            "totals": {k: v.as_dict() for k, v in self.totals.items()},
-        }
-        if self.by_beta:
-            d["eft_by_beta"] = {str(b): v.as_dict() for b, v in self.by_beta.items()}
-        if per_token:
-            d["tokens"] = [t.as_dict() for t in self.tokens]
-        return d
 
 
 def token_texts(model: Model, ids: Sequence[int], special: bool = False) -> list[str]:

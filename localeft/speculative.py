@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 from typing import Iterator, Sequence
 
+import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
 import numpy as np
 
-from .backend import MAX_OUTPUTS
+from .context import MAX_OUTPUTS
 from .decoding import Decoder
 from .constraints import GrammarDeadEnd
 from .errors import ContextOverflowError

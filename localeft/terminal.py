@@ -5,14 +5,17 @@ that both options and `/set` accept (one definition per number)."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from . import lora, tokenview
 from .reports import ROLE_NAMES
-from .engine import Emulator, Generation, Stats
-from .speculative import MAX_DRAFT
-from .validate import MAX_WEIGHT
+from .results import Generation, Stats
+from .validate import MAX_DRAFT, MAX_WEIGHT
+
+if TYPE_CHECKING:
+    from .engine import Emulator
 
 MODES = {"eft": "eft", "large": "base", "small": "ft"}  # CLI name -> engine mode
 
@@ -84,6 +87,8 @@ def stats_line(s: Stats, full: bool = False) -> str:
                 + ", ".join(f"{k} {v:.1f}" for k, v in s.layout_probe.items())
                 + " ms/step)"
             )
+    if s.weights:
+        line += f" | weights: {s.weights}"
     if full:
         per = ", ".join(f"{k} {v:.3f} s" for k, v in s.model_seconds.items())
         line += f"\nmodel time: {per}; numpy {s.numpy_seconds:.3f} s; total {s.seconds:.3f} s"

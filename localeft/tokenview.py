@@ -13,7 +13,7 @@ import html
 import json
 from typing import Sequence
 
-from .scoring import TokenInfo
+from .results import TokenInfo
 
 BINS = (1.0, 3.0, 6.0)  # nats: the shade steps
 _ANSI_BG = (194, 150, 71, 28)  # light to dark green (256-colour backgrounds)

@@ -10,6 +10,8 @@ import os
 from .errors import InvalidParameterError
 
 MAX_WEIGHT = 1e6  # beta, expert weights: past this the delta alone decides (argmax of it)
+MAX_TOP_LOGPROBS = 20  # alternatives a per-token record lists
+MAX_DRAFT = 15  # verification asks for k + 1 logits rows in one decode (context.MAX_OUTPUTS)
 
 
 def param_of(name: str) -> str:

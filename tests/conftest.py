@@ -23,6 +23,7 @@ from tinymodels import write_tiny_set  # noqa: E402
 
 # Tiny models run fastest on one thread, and tests must not fight over a shared 2-core machine.
 os.environ.setdefault("LOCALEFT_THREADS", "1")
+os.environ.pop("LOCALEFT_SERVER", None)  # tests load their own models, never a running server
 
 
 @pytest.fixture(scope="session")

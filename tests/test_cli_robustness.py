@@ -16,7 +16,7 @@ from hubcache import isolate
 
 from localeft import backend, ensemble
 from localeft import repl as repl_module
-from localeft.backend import Context
+from localeft.context import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,6 +14,7 @@ from tinymodels import BASE_VOCAB_SIZE, IM_END_ID, IM_START_ID, write_model
 
 from localeft import Emulator, Expert, InvalidParameterError, LocaleftError
 from localeft.backend import Model
+from localeft.context import Context
 from localeft.prompts import render_pieces, tokenize_prompt
 
 
@@ -322,7 +323,7 @@ def test_prompt_logits_equal_llama_cpp_in_one_call_exactly(tiny):
             llm.eval(toks[:n])
             ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
             theirs = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
-            ctx = model.new_context(256, 1)
+            ctx = Context(model, n_ctx=256, n_threads=1)
             ours = ctx.eval(toks[:n], 1)[0].copy()
             ctx.close()
             assert np.array_equal(ours, theirs), (n, np.abs(ours - theirs).max())

@@ -114,6 +114,11 @@ def test_a_killed_rpc_server_fails_requests_at_once_and_the_server_recovers(tiny
     server = Server()
     try:
         url = serve(tiny, server.endpoint)
+        models = httpx.get(url + "/v1/models", timeout=BOUND)  # what the worker loaded
+        assert models.status_code == 200, models.text
+        facts = models.json()["data"][0]["localeft"]
+        assert facts["weights"] == "mmap" and facts["adapters"] == {}
+        assert facts["expert_weights"] == [1.0] and facts["files"]["base"] == str(tiny.large_base)
         want = chat(url, SHORT).json()["choices"][0]["message"]["content"]
         events: list = []
         streaming = streaming_until_first_piece(url, LONG, events)

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..request import MAX_DRAFT
 from ..terminal import DRAFT, TOP_P
+from ..validate import MAX_DRAFT
 from .options import JSON, MODEL_OPTIONS, opt, resolve_models
 
 
@@ -67,7 +67,7 @@ def bench(tokens, reps, draft, top_p, no_baselines, as_json, **o):
         n_gpu_layers=o["gpu_layers"],
         draft_tokens=draft,
         baselines=not no_baselines,
-        repack=not o["no_repack"],
+        repack=o["repack"],
         sampling={"temperature": 0.8, "top_p": top_p} if top_p else {},
         log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
     )

@@ -12,6 +12,7 @@ from ..chatfiles import ChatFileError, history_dir, latest_history, read_chat
 from ..repl import CHAT_HELP, ChatSession
 from ..terminal import stdin_is_tty
 from .options import MODE, MODEL_OPTIONS, SAMPLING_OPTIONS, Failure, open_emulator, opt, sampling
+from .remote import SERVER
 
 
 @click.command(
@@ -39,6 +40,7 @@ Examples:
     metavar="[FILE]",
     help="Continue the latest conversation of the history (or one saved with /save).",
 )
+@SERVER
 def chat(mode, resume, **o):
     history = saved = None
     if resume == "latest":

@@ -6,14 +6,21 @@ import json
 import shutil
 import textwrap
 from itertools import zip_longest
+from typing import TYPE_CHECKING
 
 import click
 
-from ..engine import MAX_TOP_LOGPROBS, Emulator, Generation
 from ..reports import write_page
+from ..results import Generation
 from ..terminal import EXPLAIN_TOP, MODES, explained, notes, run
+from ..validate import MAX_TOP_LOGPROBS
+from . import batch
 from .options import CHAT_OR_RAW, JSON, MODE, MODEL_OPTIONS, PROMPT, SAMPLING_OPTIONS, opt
-from .options import make_request, open_emulator, read_prompt, sampling
+from .options import Failure, make_request, open_emulator, read_prompt, sampling
+from .remote import SERVER
+
+if TYPE_CHECKING:
+    from ..engine import Emulator
 
 TITLES = {"small": "small fine-tuned alone", "large": "large base alone", "eft": "EFT"}
 
@@ -27,7 +34,7 @@ def result(g: Generation, em: Emulator, kw: dict, mode: str) -> dict:
         "settings": {
             **kw,
             "seed": g.seed,
-            "beta": em.beta,
+            "beta": em.beta if kw.get("beta") is None else kw["beta"],
             "n_ctx": em.n_ctx,
             "base_prompt": em.base_prompt,
         },
@@ -79,7 +86,14 @@ def show_side_by_side(gens: dict[str, Generation]) -> None:
     "[brackets] when piped; with --json: the per-token records).",
 )
 @opt("--html", type=click.Path(dir_okay=False), help="Also write the token view as a web page.")
-def generate(prompt, chat, mode, as_json, logprobs, explain, html, **o):
+@opt(
+    "--jsonl",
+    metavar="FILE|-",
+    help='Many prompts, one load: a request per line ({"prompt"|"messages", "id", settings '
+    'such as "max_tokens", "temperature", "seed", "beta", "mode"}), a --json result per line.',
+)
+@SERVER
+def generate(prompt, chat, mode, as_json, logprobs, explain, html, jsonl, **o):
     """Generate a reply to PROMPT (or to stdin, also with PROMPT '-') and print it.
 
     \b
@@ -92,7 +106,11 @@ def generate(prompt, chat, mode, as_json, logprobs, explain, html, **o):
       localeft generate --large-base big.gguf --small-ft ft.gguf --small-base base.gguf "Hi"
       localeft generate --large-base big.gguf --expert chat.gguf:base.gguf:1 \\
           --expert code.gguf:base.gguf:0.5 "Write a sort function"
+      localeft generate --jsonl prompts.jsonl -n 64 > results.jsonl
+      localeft generate --server http://127.0.0.1:8080 "Hi"   # a running `localeft serve`
     """
+    if jsonl is not None:
+        return generate_lines(jsonl, prompt, chat, mode, logprobs, explain or html, o)
     request = make_request(read_prompt(prompt), chat, o["system"])
     view = explain or html is not None
     if view and logprobs is None:
@@ -111,6 +129,24 @@ def generate(prompt, chat, mode, as_json, logprobs, explain, html, **o):
             write_page(html, g, request, em, em.beta)
             click.echo(f"(token view written to {html})", err=True)
         notes(g, o["verbose"])
+
+
+def generate_lines(path: str, prompt, chat: bool, mode: str, logprobs, view: bool, o: dict):
+    """--jsonl: every line of FILE through one Emulator (commands/batch.py)."""
+    if prompt is not None:
+        raise click.UsageError("--jsonl replaces PROMPT")
+    if view:
+        raise click.UsageError(
+            'with --jsonl, ask for per-token records with --logprobs N (or "logprobs" on a line)'
+        )
+    raw = batch.read(path)
+    em, settings = open_emulator(o)
+    with em:
+        defaults = dict(sampling(o, settings), logprobs=logprobs)
+        lines = [batch.parse(n, text, defaults, mode, chat, o["system"]) for n, text in raw]
+        failed = batch.run_lines(em, lines, lambda g, kw, m: result(g, em, kw, m))
+    if failed:
+        raise Failure(f"{failed} of {len(lines)} lines of {path} failed (see their error objects)")
 
 
 @click.command()

@@ -133,6 +133,10 @@ def check(**o):
             + ("" if ft.chat_template else "; chat prompts fall back to a plain transcript")
         )
         click.echo(
+            f"weights: {em.weights}"
+            + ("" if em.repack else " (--repack: llama.cpp's repacked CPU layout, faster decoding)")
+        )
+        click.echo(
             "RPC: available (localeft rpc-server, --rpc HOST:PORT)"
             if rpc.available()
             else "RPC: not available (llama.cpp built without -DGGML_RPC=ON; "

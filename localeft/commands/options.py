@@ -9,17 +9,23 @@ import math
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .. import registry, rpc
-from ..backend import Model
-from ..engine import Emulator, Expert, LoRA
 from ..errors import ContextOverflowError
-from ..grammar import Grammar, any_json_object, schema_grammar
-from ..request import MAX_DRAFT
 from ..terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
+from ..lora import LoRA
 from ..terminal import adapter_lines, placement_line, stdin_is_tty
+from ..validate import MAX_DRAFT
+from .remote import cached, connect, names_models
+
+if TYPE_CHECKING:
+    from ..engine import Emulator
+
+# llama.cpp and NumPy load inside the functions that load models (localeft/__init__.py): a
+# command that talks to a server (--server) starts without them.
 
 
 class Failure(click.ClickException):
@@ -44,6 +50,8 @@ class ExpertType(click.ParamType):
     name = "FT:REF[:WEIGHT]"
 
     def convert(self, value, param, ctx):
+        from ..engine import Expert
+
         if isinstance(value, Expert):
             return value
         parts = value.split(":")
@@ -145,10 +153,11 @@ MODEL_OPTIONS = _stack(
     ),
     opt("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: all)."),
     opt(
-        "--no-repack",
-        is_flag=True,
-        help="mmap the weights (shared through the page cache, faster to load) instead of "
-        "reading them into llama.cpp's faster CPU layout: ~10% slower on a CPU.",
+        "--repack/--no-repack",
+        default=False,
+        help="Read the weights into llama.cpp's repacked CPU layout: ~11% faster CPU decoding, "
+        "a load seconds longer, different rounding (default: mmap them, shared through the "
+        "page cache; every command the same, so their outputs agree).",
     ),
     opt(
         "--base-prompt",
@@ -277,10 +286,11 @@ def _ask_download(preset: registry.Preset, refs: list) -> bool:
     )
 
 
-def resolve_models(o: dict) -> tuple[dict, dict]:
+def resolve_models(o: dict, find=None) -> tuple[dict, dict]:
     """Models by role (explicit paths > preset roles) and the preset's settings ({} if none).
     `small_ft` may be a LoRA (--small-ft-lora, or a preset's adapters); with --expert or
-    --expert-lora, `experts` holds the Expert list and there is no small_ft."""
+    --expert-lora, `experts` holds the Expert list and there is no small_ft. `find(ref)`: a
+    preset file's path (default: local or cached, else downloaded when allowed)."""
     lora_ft, lora_experts = o.get("small_ft_lora") or (), o.get("expert_lora") or ()
     if o["experts"] and (o["small_ft"] or (o["small_base"] and not lora_experts)):
         raise click.UsageError(
@@ -307,12 +317,14 @@ def resolve_models(o: dict) -> tuple[dict, dict]:
     if missing or o["preset"]:
         preset = registry.get_preset(o["preset"], o["config"])
         refs = [r for role in missing for r in preset.files(role)]
-        todo = [r for r in refs if r.path is None and registry.is_cached(r) is None]
-        download = bool(todo) and not o["offline"] and (o["yes"] or _ask_download(preset, todo))
-        found = {
-            ref: registry.resolve(ref, download=download, offline=o["offline"] or None)
-            for ref in refs
-        }
+        if find is None:
+            todo = [r for r in refs if r.path is None and registry.is_cached(r) is None]
+            download = bool(todo) and not o["offline"] and (o["yes"] or _ask_download(preset, todo))
+
+            def find(ref):
+                return registry.resolve(ref, download=download, offline=o["offline"] or None)
+
+        found = {ref: find(ref) for ref in refs}
         for role in missing:
             if role == "small_ft" and preset.adapters:
                 continue
@@ -323,6 +335,8 @@ def resolve_models(o: dict) -> tuple[dict, dict]:
     if lora_ft:
         paths["small_ft"] = LoRA(paths["small_base"], list(lora_ft))
     if o["experts"] or lora_experts:
+        from ..engine import Expert
+
         paths["experts"] = list(o["experts"]) + [
             Expert(LoRA(paths["small_base"], adapter), paths["small_base"], weight)
             for adapter, weight in lora_experts
@@ -340,6 +354,8 @@ def constraint_kwargs(o: dict) -> dict:
     """Grammar and penalty keyword arguments from the options (files read, JSON parsed)."""
     if sum(bool(o.get(k)) for k in ("grammar", "json_schema", "json_output")) > 1:
         raise click.UsageError("give one of --grammar, --json-schema, --json-output")
+    if o.get("grammar") or o.get("json_schema") or o.get("json_output"):
+        from ..grammar import any_json_object, schema_grammar
     kw: dict = {}
     if o.get("grammar"):
         kw["grammar"] = _read_text(o["grammar"], "grammar")
@@ -381,7 +397,11 @@ def _logit_bias(values) -> dict[int, float]:
 
 def open_emulator(o: dict) -> tuple[Emulator, dict]:
     """The Emulator the options describe, and the preset's settings (with -v: where the large
-    base's layers went, when RPC servers hold some)."""
+    base's layers went, when RPC servers hold some); with --server, the running server in its
+    place (commands/remote.py)."""
+    if o.get("server"):
+        o["constraints"] = constraint_kwargs(o)
+        return connect(o, resolve_models(o, find=cached) if names_models(o) else None)
     em, settings = _open_emulator(o)
     if o.get("verbose") and em.placement:
         click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
@@ -392,6 +412,8 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
 
 
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:
+    from ..engine import Emulator
+
     kwargs, settings = emulator_kwargs(o)
     return Emulator(**kwargs), settings
 
@@ -400,6 +422,9 @@ def emulator_kwargs(o: dict) -> tuple[dict, dict]:
     """The Emulator's arguments the options describe (files resolved, downloads done), and the
     preset's settings. A grammar is checked against the fine-tuned model's vocabulary before
     any weights load."""
+    from ..backend import Model
+    from ..grammar import Grammar
+
     o["constraints"] = constraint_kwargs(o)
     paths, settings = resolve_models(o)
     if o["constraints"].get("grammar"):
@@ -414,7 +439,7 @@ def emulator_kwargs(o: dict) -> tuple[dict, dict]:
         n_threads=o["threads"],
         n_gpu_layers=o["gpu_layers"],
         base_prompt=o["base_prompt"],
-        repack=not o["no_repack"],
+        repack=o["repack"],
         beta=o["beta"] if o.get("beta") is not None else settings.get("beta", 1.0),
         rpc=list(o["rpc"]) or None,
         rpc_split=o["rpc_split"],

@@ -14,10 +14,10 @@ from .. import validate
 from ..errors import ContextOverflowError, InvalidParameterError
 from ..reports import eval_table, model_names, plot_accuracy, plot_format, token_table
 from ..reports import totals_table
-from ..scoring import evaluate, line_prompt, read_items, read_jsonl
 from ..terminal import BETA
 from .options import JSON, MODEL_OPTIONS, Failure, context_message, make_request, open_emulator
 from .options import opt, read_prompt
+from .remote import SERVER
 
 
 def _progress(items, label: str):
@@ -29,6 +29,8 @@ def _progress(items, label: str):
 
 def _score_line(d):
     """(prompt, completion) of one JSONL line; InvalidParameterError names what is wrong."""
+    from ..scoring import line_prompt
+
     if not isinstance(d, dict):
         raise InvalidParameterError("expected an object with prompt or messages, and completion")
     completion = d.get("completion")
@@ -57,6 +59,7 @@ def _score_line(d):
 )
 @opt("--system", metavar="TEXT", help="System message, with --chat.")
 @JSON
+@SERVER
 def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
     """How likely is CONTINUATION after PROMPT under EFT, and under each model alone?
     Log-probabilities per token and in total, perplexity.
@@ -125,6 +128,8 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
 
 
 def _read_score_lines(path: str):
+    from ..scoring import read_jsonl  # NumPy: not before it is needed (--server never needs it)
+
     lines, errors = read_jsonl(path, lambda n, d: (n, *_score_line(d)))
     if not lines and not errors:
         raise Failure(f"{path} has no lines to score")
@@ -175,6 +180,8 @@ def eval_command(file, betas, plot, as_json, **o):
       localeft eval mine.jsonl --beta 0,0.25,0.5,1,1.5,2 --plot accuracy.png
       localeft eval mine.jsonl --json > results.json
     """
+    from ..scoring import evaluate, read_items
+
     try:
         beta_list = _betas(betas)
     except click.BadParameter as e:

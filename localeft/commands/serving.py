@@ -59,7 +59,7 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             LocaleftWarning,
             stacklevel=1,
         )
-    em = _engine(o)
+    em, settings = _engine(o)
     with em:
         click.echo(
             f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
@@ -74,25 +74,25 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             api_key=api_key,
             queue=queue,
             log_level="info" if verbose else "warning",
+            defaults=settings,
         )
 
 
-def _engine(o: dict):
+def _engine(o: dict) -> tuple:
     """With --rpc, the Emulator runs in a supervised worker process (server/supervisor.py):
     when an RPC server dies or freezes, llama.cpp ends that process, not the server, which
     answers 503 meanwhile and restarts it. Without, in this process."""
     if not o["rpc"]:
-        em, _ = open_emulator(o)
-        return em
+        return open_emulator(o)
     from ..server.supervisor import RemoteEmulator, Supervisor
 
-    kwargs, _ = emulator_kwargs(o)
+    kwargs, settings = emulator_kwargs(o)
     supervisor = Supervisor(kwargs)
     supervisor.start()
     em = RemoteEmulator(supervisor)
     if o.get("verbose") and em.placement:
         click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
-    return em
+    return em, settings
 
 
 @click.command("rpc-server")

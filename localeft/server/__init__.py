@@ -8,6 +8,7 @@ Needs the `server` extra (Starlette, uvicorn): `pip install 'localeft[server]'`.
 | `params.py` | OpenAI field names -> `request.Request`s (request.build validates them) |
 | `worker.py` | one request at a time in one thread, a bounded FIFO line, cancellation |
 | `jobs.py` | what the worker runs: Emulator calls -> events |
+| `client_api.py` | the endpoints `localeft generate/chat/score --server` use: whole results |
 | `shapes.py` | OpenAI's response shapes (and the `localeft` extension) |
 | `sse.py` | server-sent events, watching for clients that leave |
 | `limits.py` | below the app: headers in time, a cap on open connections |
@@ -41,11 +42,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(em, *, host: str, port: int, model: str, api_key=None, queue=16, log_level="warning"):
-    """Serve `em` until stopped (SIGTERM or Ctrl-C: running.py)."""
+def serve(
+    em,
+    *,
+    host: str,
+    port: int,
+    model: str,
+    api_key=None,
+    queue=16,
+    log_level="warning",
+    defaults: dict | None = None,
+):
+    """Serve `em` until stopped (SIGTERM or Ctrl-C: running.py). `defaults`: the preset's
+    settings the models were loaded with, for clients (`--server`)."""
     from . import running
     from .app import create_app
 
-    app = create_app(em, model=model, api_key=api_key, queue=queue)
+    app = create_app(em, model=model, api_key=api_key, queue=queue, defaults=defaults)
     config = running.config(app, host=host, port=port, log_level=log_level)
     running.Serving(config, app.state.server.stop).run()

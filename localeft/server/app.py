@@ -30,7 +30,7 @@ from ..engine import Emulator, Stream
 from ..errors import ClosedError, ContextOverflowError, EngineUnavailable, InvalidParameterError
 from ..errors import LocaleftError
 from .. import toolformat
-from . import jobs, params, shapes, tokenizer
+from . import client_api, jobs, params, shapes, tokenizer
 from .shapes import APIError
 from .sse import EventStream, wait_disconnect
 from .worker import QueueFull, Worker
@@ -85,8 +85,10 @@ class Server:
         queue: int,
         max_body: int,
         body_seconds: float = BODY_SECONDS,
+        defaults: dict | None = None,
     ):
         self.em, self.model, self.api_key = em, model, api_key
+        self.defaults = defaults or {}  # the preset's settings the models were loaded with
         self.queue, self.max_body, self.body_seconds = queue, max_body, body_seconds
         self.worker: Worker | None = None
         self.preparing = asyncio.Semaphore(PREPARING)
@@ -236,11 +238,24 @@ class Server:
                             "adapters": self.em.adapters,
                             "n_ctx": self.em.n_ctx,
                             "beta": self.em.beta,
+                            **self.load_facts(),
                         },
                     }
                 ],
             }
         )
+
+    def load_facts(self) -> dict:
+        """What a client (`localeft generate --server`) checks before sending a request: every
+        role's file and expert weight, the weight layout, how base models see chats, and the
+        settings the command line that loaded them would default to."""
+        return {
+            "expert_weights": self.em.expert_weights,
+            "weights": self.em.weights,
+            "repack": self.em.repack,
+            "base_prompt": self.em.base_prompt,
+            "defaults": self.defaults,
+        }
 
     def check_model(self, body: dict) -> None:
         """The `model` asked for is the one served (absent or null: that one too)."""
@@ -513,10 +528,12 @@ def create_app(
     queue: int = QUEUE,
     max_body: int = MAX_BODY,
     body_seconds: float = BODY_SECONDS,
+    defaults: dict | None = None,
 ) -> Starlette:
     """The ASGI app serving `em` (one request at a time; `queue` more may wait);
-    `app.state.server.stop()` stops it generating (the server is shutting down)."""
-    server = Server(em, model, api_key, queue, max_body, body_seconds)
+    `app.state.server.stop()` stops it generating (the server is shutting down). `defaults`:
+    the preset settings (beta, temperature, n_ctx) the models were loaded with, for clients."""
+    server = Server(em, model, api_key, queue, max_body, body_seconds, defaults)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -533,6 +550,7 @@ def create_app(
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        *client_api.routes(server, api_error, ClientGone),
         Route("/tokenize", server.tokenize, methods=["POST"]),
         Route("/detokenize", server.detokenize, methods=["POST"]),
         Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),

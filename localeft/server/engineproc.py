@@ -100,6 +100,11 @@ def info(em: Emulator) -> dict:
         "n_ctx": em.n_ctx,
         "beta": em.beta,
         "files": {label: str(m.path) for label, m in em.models.items()},
+        "adapters": em.adapters,
+        "expert_weights": em.expert_weights,
+        "weights": em.weights,
+        "repack": em.repack,
+        "base_prompt": em.base_prompt,
         "placement": em.placement,
         "rpc_output": em.rpc_output_choice,
     }

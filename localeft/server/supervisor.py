@@ -250,6 +250,9 @@ class RemoteEmulator:
         info = supervisor.info
         self.n_ctx, self.beta = info["n_ctx"], info["beta"]
         self.placement, self.rpc_output_choice = info["placement"], info["rpc_output"]
+        self.adapters, self.expert_weights = info["adapters"], info["expert_weights"]
+        self.weights, self.repack = info["weights"], info["repack"]
+        self.base_prompt = info["base_prompt"]
         heads: dict[str, Model] = {}
         self.models = {
             label: heads.setdefault(path, Model(path, vocab_only=True))
