@@ -58,6 +58,7 @@ def main() -> None:
     }
     history = {k: [] for k in ems}
     rows = {k: [] for k in ems}  # (evaluated, prompt s, turn s)
+    same: list[bool] = []  # this engine's replies that re-tokenize to the ids generated
     for turn, text in enumerate(TURNS[: a.turns]):
         order = list(ems) if turn % 2 == 0 else list(ems)[::-1]
         for k in order:
@@ -67,6 +68,10 @@ def main() -> None:
             seconds = time.perf_counter() - t
             history[k].append({"role": "assistant", "content": g.text})
             rows[k].append((g.stats.prompt_evaluated, g.stats.prompt_seconds, seconds))
+            if k == "this":  # does the reply's text give back its ids? (else the next turn
+                # re-decodes it from where they part: one token per call in the canonical layout)
+                ft = ems[k].models["ft"]
+                same.append(ft.tokenize(g.text, add_bos=False, special=False) == g.tokens)
         print(
             f"turn {turn + 1:>2}: "
             + "  ".join(
@@ -85,6 +90,7 @@ def main() -> None:
         )
     per_turn = [x[2] / y[2] for x, y in zip(rows["this"][1:], rows["other"][1:])]
     print(f"this / other, turn time: median {statistics.median(per_turn):.3f} (turns 2-)")
+    print(f"replies whose text re-tokenizes to the ids generated: {sum(same)} of {len(same)}")
 
 
 if __name__ == "__main__":
