@@ -18,18 +18,20 @@ emulated LAN, Wi-Fi and far links). --rpc-output sets where the base's output la
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import llama_cpp  # noqa: F401  (before numpy; see localeft/__init__.py)
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import llama_cpp  # noqa: E402,F401  (before numpy; see localeft/__init__.py)
+import numpy as np  # noqa: E402
+
+from rpcservers import tcp_counters, traffic  # noqa: E402  (tests/)
 from trioargs import trio_parser  # noqa: E402
 
 from localeft import Emulator, rpc
@@ -57,35 +59,6 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
         except rpc.RpcError:
             time.sleep(0.1)
     raise SystemExit(f"rpc-server on {endpoint} did not start")
-
-
-def tcp_counters(ports: set[int]) -> dict[tuple[int, int], tuple[int, int]]:
-    """(fd, port) -> (bytes sent and acked, bytes received) of this process's TCP sockets
-    connected to those ports: llama.cpp's RPC connections."""
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            s = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-        with s:
-            try:
-                port = s.getpeername()[1]
-            except (OSError, IndexError, TypeError):
-                continue
-            if port in ports:
-                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-                out[(fd, port)] = struct.unpack_from("<QQ", info, 120)
-    return out
-
-
-def traffic(before: dict, after: dict) -> tuple[int, int]:
-    sent = sum(after[k][0] - before[k][0] for k in after if k in before)
-    received = sum(after[k][1] - before[k][1] for k in after if k in before)
-    return sent, received
 
 
 def main() -> None:
