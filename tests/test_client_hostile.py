@@ -1,0 +1,175 @@
+"""`--server URL` against what is not a well-behaved `localeft serve`: a malformed address, a
+listener that speaks something else, answers that are not localeft's, one that never answers.
+Each is one line (`localeft: error: ...`, exit 1), never a traceback or a hang."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+
+import pytest
+from clitools import assert_one_line_error
+from click.testing import CliRunner
+
+from localeft import client
+from localeft.cli import cli
+
+MODELS = {
+    "files": {"base": "/m/base.gguf", "ft": "/m/ft.gguf", "ref": "/m/ref.gguf"},
+    "n_ctx": 256,
+    "beta": 1.0,
+}
+
+
+def http(body: bytes, status: str = "200 OK", kind: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"Connection: close\r\n\r\n" + body
+
+
+def models(info: dict) -> bytes:
+    return http(json.dumps({"object": "list", "data": [{"id": "x", "localeft": info}]}).encode())
+
+
+def events(*data: bytes) -> bytes:
+    return http(b"".join(b"data: " + d + b"\n\n" for d in data), kind="text/event-stream")
+
+
+@contextlib.contextmanager
+def canned(answer):
+    """A loopback listener that answers each request with `answer(path)` (raw bytes; None:
+    say nothing and keep the connection open); yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return conn.close()
+            data += chunk
+        reply = answer(data.split(b" ")[1].decode())
+        if reply is None:
+            return held.append(conn)
+        conn.sendall(reply)
+        conn.close()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch):
+    monkeypatch.delenv("LOCALEFT_SERVER", raising=False)
+    monkeypatch.delenv("LOCALEFT_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://", "http://[::1", "ftp://x"],
+)
+def test_a_malformed_server_address_is_one_line(url):
+    r = invoke("generate", "--server", url, "hi")
+    assert_one_line_error(r, 1, "is not an http://HOST:PORT address")
+
+
+def generation_answer(events_body: bytes):
+    def answer(path: str) -> bytes:
+        return models(MODELS) if path.endswith("/v1/models") else events_body
+
+    return answer
+
+
+FOREIGN = {
+    # a listener that does not speak HTTP at all (its bytes must not reach the terminal)
+    "not HTTP": (lambda path: b"\x00\xff garbage \x1b[31m\r\nmore\r\n\r\n", "not HTTP"),
+    # /v1/models with localeft's keys but the wrong types
+    "models typed wrong": (
+        lambda path: models({"files": {"base": 1}, "n_ctx": "256", "beta": "x"}),
+        "its /v1/models is not localeft's",
+    ),
+    "adapters not a mapping": (
+        lambda path: models({**MODELS, "adapters": 5}),
+        "its /v1/models is not localeft's",
+    ),
+    # events that are JSON but not localeft's
+    "a piece without tokens": (
+        generation_answer(events(b'{"piece": "x"}', b"[DONE]")),
+        "not localeft's",
+    ),
+    "an error that is a string": (
+        generation_answer(events(b'{"error": "boom"}', b"[DONE]")),
+        "not localeft's",
+    ),
+    "an event that is a list": (
+        generation_answer(events(b"[1, 2]", b"[DONE]")),
+        "broke off the reply",
+    ),
+    "a generation that is not one": (
+        generation_answer(events(b'{"generation": {"text": 1}}', b"[DONE]")),
+        "not localeft's",
+    ),
+    # an error message over several lines (and control characters) is said on one
+    "a message on two lines": (
+        generation_answer(
+            http(b'{"error": {"message": "kaboom\\nsecond \\u001b[2Jline"}}', "500 Oops")
+        ),
+        "refused the request: kaboom second [2Jline",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_a_server_that_is_not_localefts_is_one_line(case):
+    answer, needle = FOREIGN[case]
+    with canned(answer) as url:
+        r = invoke("generate", "--server", url, "-n", "2", "hi")
+    assert_one_line_error(r, 1, needle)
+    assert "\x1b" not in r.stderr and "\x00" not in r.stderr
+
+
+def test_a_malformed_score_or_token_list_is_one_line():
+    def answer(path: str) -> bytes:
+        if path.endswith("/v1/models"):
+            return models(MODELS)
+        if path.endswith("/tokenize"):
+            return http(b'{"tokens": {"base": ["a"]}}')
+        return http(b'{"tokens": 5}')
+
+    with canned(answer) as url:
+        r = invoke("score", "--server", url, "a", "b")
+        assert_one_line_error(r, 1, "not localeft's")
+        r = CliRunner().invoke(cli, ["chat", "--server", url], input="hi\n/bye\n")
+        assert "not localeft's" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_listener_that_never_answers_is_a_timeout_not_a_hang(monkeypatch):
+    monkeypatch.setattr(client, "MODELS_TIMEOUT", 0.5, raising=False)
+    results = []
+    with canned(lambda path: None) as url:
+        t = threading.Thread(
+            target=lambda: results.append(invoke("generate", "--server", url, "hi"))
+        )
+        t.start()
+        t.join(15)
+        assert not t.is_alive(), "the client still waits for /v1/models"
+    assert_one_line_error(results[0], 1, "did not answer (timed out)")
