@@ -158,7 +158,13 @@ class ChatSession:
     def reply(self, text: str) -> None:
         self.unsent = None
         self.messages.append({"role": "user", "content": text})
-        if not self.fit():
+        try:
+            fits = self.fit()
+        except LocaleftError as e:  # a --server that went away: the chat goes on
+            fits = False
+            self.unsent = text  # /retry sends it once the server is back
+            click.echo(f"localeft: error: {e}", err=True)
+        if not fits:
             self.messages.pop()
             return
         try:
@@ -174,6 +180,7 @@ class ChatSession:
             )
         except LocaleftError as e:
             g = None
+            self.unsent = text
             click.echo(f"localeft: error: {e}", err=True)
         with deferred_interrupts():  # the bookkeeping of a turn is never half done
             if g is None or (g.finish_reason == "interrupted" and not g.tokens):

@@ -173,3 +173,24 @@ def test_a_listener_that_never_answers_is_a_timeout_not_a_hang(monkeypatch):
         t.join(15)
         assert not t.is_alive(), "the client still waits for /v1/models"
     assert_one_line_error(results[0], 1, "did not answer (timed out)")
+
+
+@pytest.mark.parametrize("failing", ["/tokenize", "/generate"])
+def test_chat_outlives_a_server_that_fails_and_keeps_the_message_for_retry(failing):
+    asked = []
+
+    def answer(path: str) -> bytes:
+        if path.endswith("/v1/models"):
+            return models(MODELS)
+        if not path.endswith(failing):
+            return http(b'{"tokens": {"base": [1], "ft": [1], "ref": [1]}}')
+        asked.append(path)
+        body = b'{"error": {"message": "the engine is restarting", "type": "server_error"}}'
+        return http(body, "503 Service Unavailable")
+
+    with canned(answer) as url:
+        r = CliRunner().invoke(cli, ["chat", "--server", url], input="hi\n/retry\n/bye\n")
+    assert r.exit_code == 0, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("localeft: error: ")]
+    assert len(errors) == 2 and "the engine is restarting" in errors[0]
+    assert len(asked) == 2  # /retry sent the message again
