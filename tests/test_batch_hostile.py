@@ -1,0 +1,82 @@
+"""`generate --jsonl` against hostile input and a hostile output: a byte order mark, a file
+that cannot be read, messages that are not objects, an output file that fills up."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from clitools import assert_one_line_error, invoke, trio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_byte_order_mark_does_not_spoil_the_first_line(tiny, tmp_path):
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    lines = '{"prompt": "hello"}\r\n{"prompt": "again"}\r\n'
+    plain.write_text(lines)
+    marked.write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    here = [invoke("generate", *trio(tiny), "-n", "4", "--jsonl", p) for p in (plain, marked)]
+    assert here[1].exit_code == 0, here[1].output
+    strip = [
+        [{k: v for k, v in d.items() if k != "stats"} for d in results(r.stdout)] for r in here
+    ]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tiny, tmp_path):
+    for path in (tmp_path / "missing.jsonl", tmp_path):
+        r = invoke("generate", *trio(tiny), "--jsonl", path)
+        assert_one_line_error(r, 1, f"cannot read --jsonl {path}")
+
+
+def test_messages_must_be_objects_not_token_ids(tiny, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"messages": [1, 2]}\n{"messages": [{"role": "user", "content": "x"}, 3]}\n')
+    r = invoke("generate", *trio(tiny), "-n", "2", "--jsonl", path)
+    assert_one_line_error(r, 1, "2 of 2 lines")
+    assert all("messages" in d["error"] for d in results(r.stdout))
+
+
+def test_an_output_file_that_fills_up_ends_with_whole_lines(tiny, tmp_path):
+    """A file size limit (as a full disk) cuts the output halfway through a line: the part
+    written is removed, the lines before it are kept (also those already in a file appended
+    to), and the error is one line."""
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    limit = 5000  # bytes: a few result lines of about a kilobyte each
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with open(out, "ab") as f:
+        p = subprocess.run(
+            [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "4"]
+            + ["--jsonl", str(source)],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=limited,
+            timeout=120,
+        )
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "localeft: error: cannot write the output: File too large"
+    ]
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and len(data) < limit
+    written = results(data.decode())
+    assert written[0] == {"kept": True} and len(written) > 2
+    assert [d["line"] for d in written[1:]] == list(range(1, len(written)))
