@@ -8,13 +8,16 @@ import contextlib
 import json
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from clitools import assert_one_line_error
 from click.testing import CliRunner
+from liveserver import running
 
-from localeft import client
+from localeft import LoRA, client
 from localeft.cli import cli
+from localeft.server.app import create_app
 
 MODELS = {
     "files": {"base": "/m/base.gguf", "ft": "/m/ft.gguf", "ref": "/m/ref.gguf"},
@@ -194,3 +197,26 @@ def test_chat_outlives_a_server_that_fails_and_keeps_the_message_for_retry(faili
     errors = [line for line in r.stderr.splitlines() if line.startswith("localeft: error: ")]
     assert len(errors) == 2 and "the engine is restarting" in errors[0]
     assert len(asked) == 2  # /retry sent the message again
+
+
+def test_what_the_server_serves_is_told_apart_from_a_namesake_and_an_expert(
+    tiny, adapters, make_em, tmp_path
+):
+    """An adapter path with a colon works through --server; another file of the same name,
+    or the same adapter as an expert of another weight, is refused with a message that shows
+    the difference; --rpc-output, a load option, is said to be ignored as --rpc is."""
+    copy = tmp_path / "with:colon" / "a.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(adapters.a).read_bytes())
+    small = ["--large-base", tiny.large_base, "--small-base", tiny.small_base]
+    em = make_em(small_ft=LoRA(tiny.small_base, copy, scale=0.5))
+    with running(create_app(em, model="tiny")) as url:
+        r = invoke("generate", "--server", url, *small, "--small-ft-lora", f"{copy}:0.5", "hi")
+        assert r.exit_code == 0, r.output
+        r = invoke("generate", "--server", url, *small, "--small-ft-lora", f"{adapters.a}:0.5", "x")
+        assert_one_line_error(r, 1, f"LoRA {copy} x0.5", f"LoRA {adapters.a} x0.5 asked for")
+        r = invoke("generate", "--server", url, *small, "--expert-lora", f"{copy}:0.5", "hi")
+        assert_one_line_error(r, 1, "at weight 1, not the 0.5 asked for")
+        r = invoke("generate", "--server", url, "--rpc-output", "local", "-n", "2", "hi")
+        assert r.exit_code == 0, r.output
+        assert "--rpc-output is ignored with --server" in r.stderr
