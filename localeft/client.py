@@ -214,7 +214,7 @@ class Client:
             err, message = {}, f"HTTP {response.status} {response.reason}"
         message = _one_line(message)
         if response.status == 400 and err.get("code") == "context_length_exceeded":
-            return ContextOverflowError(message, tokens=err.get("tokens"), n_ctx=err.get("n_ctx"))
+            return _overflow(message, err)
         if response.status == 400:
             return InvalidParameterError(message)
         if response.status == 401:
@@ -323,10 +323,21 @@ def _event_error(client: Client, err: dict) -> Exception:
         return client._unreadable()
     message = _one_line(str(err.get("message", "unknown error")))
     if err.get("code") == "context_length_exceeded":
-        return ContextOverflowError(message, tokens=err.get("tokens"), n_ctx=err.get("n_ctx"))
+        return _overflow(message, err)
     if err.get("type") == "invalid_request_error":
         return InvalidParameterError(message)
     return ServerError(f"the server at {client.url}: {message}")
+
+
+def _overflow(message: str, err: dict) -> ContextOverflowError:
+    """A prompt over the server's context, with the sizes it said (as a local run has them)."""
+    tokens, n_ctx = err.get("tokens"), err.get("n_ctx")
+    sized = all(isinstance(x, int) and not isinstance(x, bool) for x in (tokens, n_ctx))
+    if not sized:
+        tokens = n_ctx = None
+    return ContextOverflowError(
+        message, tokens=tokens, n_ctx=n_ctx, at_least=err.get("at_least") is True
+    )
 
 
 def _reason(e: BaseException) -> str:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from clitools import assert_one_line_error
+from clitools import assert_one_line_error, trio
 from click.testing import CliRunner
 from liveserver import running
 
@@ -220,3 +220,20 @@ def test_what_the_server_serves_is_told_apart_from_a_namesake_and_an_expert(
         r = invoke("generate", "--server", url, "--rpc-output", "local", "-n", "2", "hi")
         assert r.exit_code == 0, r.output
         assert "--rpc-output is ignored with --server" in r.stderr
+
+
+@pytest.mark.parametrize("words", [400, 100_000], ids=["over", "far over"])
+def test_a_prompt_over_the_context_is_said_as_locally(tiny, make_em, words):
+    prompt = "hello " * words  # far over: refused before it is tokenized ("at least")
+    with running(create_app(make_em(), model="tiny")) as url:
+        there = [
+            invoke("generate", "--server", url, "-n", "2", prompt),
+            invoke("score", "--server", url, prompt, "x"),
+        ]
+    here = [
+        invoke("generate", *trio(tiny), "-n", "2", prompt),
+        invoke("score", *trio(tiny), prompt, "x"),
+    ]
+    for local, remote in zip(here, there):
+        assert_one_line_error(remote, 1, "shorten it or raise -c/--ctx-size")
+        assert remote.stderr == local.stderr

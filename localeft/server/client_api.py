@@ -12,7 +12,7 @@ OpenAI's shapes carry only part of it (no token ids without logprobs, no per-mod
 one: 400 at once). Requests take their turn in the server's one line like any other. Floats
 travel as Python writes them (shortest repr, Infinity for -inf): they read back to the same
 doubles, so the client prints the bytes a local run prints. Errors are OpenAI's error object;
-a prompt over the context also says by how much (`tokens`, `n_ctx`).
+a prompt over the context also says by how much (`tokens`, `n_ctx`, `at_least`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def error_body(err: APIError, e: BaseException) -> dict:
     """The error object answered for `e`, with the sizes of a context overflow."""
     body = err.body()
     if isinstance(e, ContextOverflowError):
-        body["error"].update(tokens=e.tokens, n_ctx=e.n_ctx)
+        body["error"].update(tokens=e.tokens, n_ctx=e.n_ctx, at_least=e.at_least)
     return body
 
 
@@ -95,8 +95,8 @@ class ClientApi:
             self.server.authorize(request)
             body = await self.server.body(request)
             return await handler(request, body)
-        except APIError as e:
-            return _json(e.body(), e.status, e.headers)
+        except APIError as e:  # a request refused before it ran: its cause says the sizes
+            return _json(error_body(e, e.__cause__), e.status, e.headers)
         except LocaleftError as e:
             err = self.api_error(e)
             return _json(error_body(err, e), err.status)
