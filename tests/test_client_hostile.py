@@ -53,6 +53,17 @@ def canned(answer):
             if not chunk:
                 return conn.close()
             data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(h.split(b":")[1])
+                for h in head.split(b"\r\n")
+                if h.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:  # read it all: a socket closed on unread bytes resets
+            body += conn.recv(65536)
         reply = answer(data.split(b" ")[1].decode())
         if reply is None:
             return held.append(conn)
@@ -97,7 +108,11 @@ def test_a_malformed_server_address_is_one_line(url):
 
 def generation_answer(events_body: bytes):
     def answer(path: str) -> bytes:
-        return models(MODELS) if path.endswith("/v1/models") else events_body
+        if path.endswith("/v1/models"):
+            return models(MODELS)
+        if path.endswith("/tokenize"):
+            return http(b'{"tokens": {"base": [1], "ft": [1], "ref": [1]}}')
+        return events_body
 
     return answer
 
@@ -237,3 +252,17 @@ def test_a_prompt_over_the_context_is_said_as_locally(tiny, make_em, words):
     for local, remote in zip(here, there):
         assert_one_line_error(remote, 1, "shorten it or raise -c/--ctx-size")
         assert remote.stderr == local.stderr
+
+
+def test_a_reply_broken_off_keeps_its_text_and_the_error_starts_a_line():
+    cut = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    event = b'data: {"piece": "Hello", "tokens": [1]}\n\n'
+    cut += b"%x\r\n%s\r\n" % (len(event), event)  # then the connection closes mid-stream
+    with canned(generation_answer(cut)) as url:
+        r = invoke("generate", "--server", url, "hi")
+        assert_one_line_error(r, 1, "ended the reply before its end")
+        assert r.stdout == "Hello\n"
+        r = CliRunner().invoke(cli, ["chat", "--server", url], input="hi\n/bye\n")
+    assert r.exit_code == 0 and "\nHello\n>>> /bye" in r.stdout, r.output
