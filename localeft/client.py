@@ -58,7 +58,9 @@ class Client:
         self._base = parts.path.rstrip("/")
         key = api_key if api_key is not None else os.environ.get("LOCALEFT_API_KEY")
         self._headers = {"Content-Type": "application/json"}
-        if key:
+        if key:  # an HTTP header: printable ASCII only (else http.client raises mid-request)
+            if not (key.isascii() and key.isprintable()):
+                raise ServerError("the API key (LOCALEFT_API_KEY) must be printable ASCII text")
             self._headers["Authorization"] = f"Bearer {key}"
         info = self._models()
         try:
@@ -217,6 +219,10 @@ class Client:
             return _overflow(message, err)
         if response.status == 400:
             return InvalidParameterError(message)
+        if response.status == 401 and "Authorization" in self._headers:
+            return ServerError(
+                f"the server at {self.url} refused the API key in LOCALEFT_API_KEY ({message})"
+            )
         if response.status == 401:
             return ServerError(
                 f"the server at {self.url} needs its API key: set LOCALEFT_API_KEY ({message})"

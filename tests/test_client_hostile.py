@@ -266,3 +266,26 @@ def test_a_reply_broken_off_keeps_its_text_and_the_error_starts_a_line():
         assert r.stdout == "Hello\n"
         r = CliRunner().invoke(cli, ["chat", "--server", url], input="hi\n/bye\n")
     assert r.exit_code == 0 and "\nHello\n>>> /bye" in r.stdout, r.output
+
+
+def test_api_keys_that_cannot_travel_in_a_header_are_refused_on_both_sides(
+    tiny, make_em, monkeypatch
+):
+    with running(create_app(make_em(), model="tiny", api_key="k")) as url:
+        for key in ("ключ", "a\nb"):
+            monkeypatch.setenv("LOCALEFT_API_KEY", key)
+            r = invoke("generate", "--server", url, "hi")
+            assert_one_line_error(r, 1, "must be printable ASCII")
+        monkeypatch.setenv("LOCALEFT_API_KEY", "wrong")
+        r = invoke("generate", "--server", url, "hi")
+        assert_one_line_error(r, 1, "refused the API key in LOCALEFT_API_KEY (incorrect API key)")
+    monkeypatch.delenv("LOCALEFT_API_KEY")
+    from localeft import server
+
+    def started(*args, **kw):
+        raise AssertionError("the server started with a key no client can send")
+
+    monkeypatch.setattr(server, "serve", started)
+    for key in ("ключ", " k"):
+        r = invoke("serve", *trio(tiny), "--api-key", key)
+        assert r.exit_code == 2 and "--api-key" in r.output and "printable ASCII" in r.output
