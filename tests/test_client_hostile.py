@@ -289,3 +289,14 @@ def test_api_keys_that_cannot_travel_in_a_header_are_refused_on_both_sides(
     for key in ("ключ", " k"):
         r = invoke("serve", *trio(tiny), "--api-key", key)
         assert r.exit_code == 2 and "--api-key" in r.output and "printable ASCII" in r.output
+
+
+def test_serve_names_an_ipv6_address_as_a_url_the_client_takes(tiny, monkeypatch):
+    from localeft import server
+
+    monkeypatch.setattr(server, "serve", lambda *args, **kw: None)
+    r = invoke("serve", *trio(tiny), "--host", "::1", "--port", "8081")
+    assert r.exit_code == 0, r.output
+    assert "serving localeft on http://[::1]:8081/ (chat page)" in r.stderr
+    r = invoke("generate", "--server", "http://[::1]:1", "hi")
+    assert_one_line_error(r, 1, "cannot reach a localeft server at http://[::1]:1")

@@ -64,10 +64,10 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             stacklevel=1,
         )
     em, settings = _engine(o)
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6: [::1]
     with em:
         click.echo(
-            f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
-            f"API at http://{host}:{port}/v1; Ctrl-C stops",
+            f"localeft: serving {model_name} on {url}/ (chat page), API at {url}/v1; Ctrl-C stops",
             err=True,
         )
         server.serve(
