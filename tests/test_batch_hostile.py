@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from clitools import assert_one_line_error, invoke, trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +81,23 @@ def test_an_output_file_that_fills_up_ends_with_whole_lines(tiny, tmp_path):
     written = results(data.decode())
     assert written[0] == {"kept": True} and len(written) > 2
     assert [d["line"] for d in written[1:]] == list(range(1, len(written)))
+
+
+def test_logit_bias_keys_are_token_ids_written_plainly(tiny, tmp_path):
+    """JSON's keys are text: "5" is token 5, but Python's int() also reads "1_0" as 10, "٣"
+    as 3 and " 1" as 1, and "1" and "01" as one token with two biases (the last silently
+    won). Every door (a --jsonl line, the server, the Python API) refuses them now."""
+    from localeft import request
+    from localeft.errors import InvalidParameterError
+
+    odd = [{"1_0": 1}, {"\u0663": 1}, {" 1": 1}, {"+1": 1}, {"1": 1, "01": -1}]
+    for bias in odd:
+        with pytest.raises(InvalidParameterError, match="logit_bias"):
+            request.build("hi", logit_bias=bias)
+    assert request.build("hi", logit_bias={"12": 1, 3: -2}).penalties.logit_bias == {12: 1, 3: -2}
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "hi", "logit_bias": b}) + "\n" for b in odd))
+    r = invoke("generate", *trio(tiny), "-n", "2", "--jsonl", path)
+    assert_one_line_error(r, 1, f"{len(odd)} of {len(odd)} lines")
+    errors = [d["error"] for d in results(r.stdout)]
+    assert all("not a token id" in e or "twice" in e for e in errors), errors

@@ -101,9 +101,7 @@ def parse(number: int, raw: bytes, defaults: dict, mode: str, chat: bool, system
         line_mode = d.get("mode", mode)
         if not isinstance(line_mode, str) or line_mode not in MODES:
             raise InvalidParameterError(f"mode must be one of eft, large, small, got {line_mode!r}")
-        own = {k: d[k] for k in SETTINGS & set(d)}
-        if "logit_bias" in own and isinstance(own["logit_bias"], dict):
-            own["logit_bias"] = _bias(own["logit_bias"])
+        own = {k: d[k] for k in SETTINGS & set(d)}  # logit_bias's text keys: request.build's
         settings = dict(defaults)
         if "grammar" in own or "json_schema" in own:  # the line's format replaces the flags'
             settings.pop("grammar", None)
@@ -137,13 +135,6 @@ def _prompt(d: dict, chat: bool, system) -> str | list:
         return text
     head = [{"role": "system", "content": system}] if system else []
     return head + [{"role": "user", "content": text}]
-
-
-def _bias(bias: dict) -> dict:
-    try:
-        return {int(k): v for k, v in bias.items()}
-    except ValueError:
-        raise InvalidParameterError(f"logit_bias keys must be token ids, got {bias!r}") from None
 
 
 def write(record: dict) -> None:

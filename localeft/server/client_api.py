@@ -66,18 +66,10 @@ def _field(body: dict, name: str, kind: type, default=None):
 
 
 def built(prompt, settings) -> requests.Request:
-    """The Request the settings describe (logit_bias keys come as JSON strings)."""
+    """The Request the settings describe (logit_bias keys come as JSON strings, which
+    request.build reads)."""
     if not isinstance(settings, dict):
         raise InvalidParameterError(f"settings must be an object, got {settings!r}")
-    settings = dict(settings)
-    bias = settings.get("logit_bias")
-    if isinstance(bias, dict):
-        try:
-            settings["logit_bias"] = {int(k): v for k, v in bias.items()}
-        except ValueError:
-            raise InvalidParameterError(
-                f"logit_bias keys must be token ids, got {bias!r}"
-            ) from None
     unknown = sorted(set(settings) - set(requests.build.__kwdefaults__))
     if unknown:
         raise InvalidParameterError(f"unknown setting {unknown[0]!r}")
