@@ -27,6 +27,8 @@ from .results import Generation, Score, Stats
 CONNECT_TIMEOUT = 10.0  # seconds; then no limit: a reply may wait its turn in the server's line
 MODELS_TIMEOUT = 30.0  # seconds for /v1/models, which a server answers at once (never queued)
 PREFIX = "/localeft/v1"
+# /v1/models' facts that decide a reply's numbers besides its settings (client_api.served)
+SERVED = ("files", "adapters", "n_ctx", "expert_weights", "weights", "repack", "base_prompt")
 # what a reply that is not what a localeft server sends raises while it is read
 MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
@@ -88,6 +90,8 @@ class Client:
         self.defaults: dict = dict(info.get("defaults", {}))
         self.models = {label: ServedModel(Path(p)) for label, p in self.roles.items()}
         self.beta = info["beta"]
+        # sent back with each request: a server that holds other models by then refuses it
+        self._served = {k: info[k] for k in SERVED if k in info}
 
     # --- settings --------------------------------------------------------------------------
     @property
@@ -181,7 +185,7 @@ class Client:
         return response
 
     def _post(self, path: str, body: dict):
-        return self._send("POST", path, body)
+        return self._send("POST", path, {**body, "served": self._served})
 
     def _read(self, response) -> dict:
         try:

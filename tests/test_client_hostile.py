@@ -300,3 +300,31 @@ def test_serve_names_an_ipv6_address_as_a_url_the_client_takes(tiny, monkeypatch
     assert "serving localeft on http://[::1]:8081/ (chat page)" in r.stderr
     r = invoke("generate", "--server", "http://[::1]:1", "hi")
     assert_one_line_error(r, 1, "cannot reach a localeft server at http://[::1]:1")
+
+
+def test_a_server_that_holds_other_models_by_the_next_request_refuses_it(tiny, make_em):
+    """A client checks the models when it connects; a chat or a --jsonl batch then runs for
+    long. If the server on that address is restarted with other options meanwhile, a request
+    is refused (409) instead of answered by other models; a restart with the same ones is fine."""
+    from linkproxy import LinkProxy
+
+    from localeft.errors import ServerError
+
+    with (
+        running(create_app(make_em(), model="tiny")) as first,
+        running(create_app(make_em(n_ctx=512), model="tiny")) as other,
+        running(create_app(make_em(), model="tiny")) as same,
+        LinkProxy(("127.0.0.1", int(first.rsplit(":", 1)[1]))) as link,
+    ):
+        c = client.Client(f"http://{link.endpoint}")
+        before = list(c.stream("hi", max_tokens=3))
+        link.target = ("127.0.0.1", int(other.rsplit(":", 1)[1]))
+        for call in (
+            lambda: list(c.stream("hi", max_tokens=3)),
+            lambda: c.score("hi", " there"),
+            lambda: c.prompt_tokens("hi"),
+        ):
+            with pytest.raises(ServerError, match="holds other models than when this client"):
+                call()
+        link.target = ("127.0.0.1", int(same.rsplit(":", 1)[1]))
+        assert list(c.stream("hi", max_tokens=3)) == before

@@ -86,12 +86,28 @@ class ClientApi:
         try:
             self.server.authorize(request)
             body = await self.server.body(request)
+            self._check_served(body.get("served"))
             return await handler(request, body)
         except APIError as e:  # a request refused before it ran: its cause says the sizes
             return _json(error_body(e, e.__cause__), e.status, e.headers)
         except LocaleftError as e:
             err = self.api_error(e)
             return _json(error_body(err, e), err.status)
+
+    def _check_served(self, expected) -> None:
+        """A client checked the models when it connected and sends what it saw (`served`):
+        if this server holds others now (restarted with other options, or another server on
+        that port), the request is refused rather than answered by other models."""
+        if expected is None:
+            return
+        mine = served(self.server)
+        if not isinstance(expected, dict) or any(mine.get(k) != v for k, v in expected.items()):
+            raise APIError(
+                409,
+                "the server holds other models than when this client connected (it was "
+                "restarted with other options?); run the command again to check them anew",
+                code="models_changed",
+            )
 
     async def generate(self, request: Request) -> Response:
         return await self._guarded(request, self._generate)
@@ -147,6 +163,21 @@ class ClientApi:
     async def _tokenize(self, request: Request, body: dict) -> Response:
         tokens = await asyncio.to_thread(self.server.em.prompt_tokens, body.get("prompt"))
         return _json({"tokens": tokens})
+
+
+def served(server) -> dict:
+    """What decides a reply's numbers besides its settings, as /v1/models says it (and the
+    client sends it back): the files by role, their adapters and weights, the context, the
+    weight layout, how base models see chats."""
+    em = server.em
+    facts = {
+        "files": {label: str(m.path) for label, m in em.models.items()},
+        "adapters": em.adapters,
+        "n_ctx": em.n_ctx,
+        **server.load_facts(),
+    }
+    del facts["defaults"]  # the client's settings are sent with every request
+    return json.loads(json.dumps(facts))
 
 
 def _generation(stream):
