@@ -4,6 +4,7 @@ that cannot be read, messages that are not objects, an output file that fills up
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -101,3 +102,28 @@ def test_logit_bias_keys_are_token_ids_written_plainly(tiny, tmp_path):
     assert_one_line_error(r, 1, f"{len(odd)} of {len(odd)} lines")
     errors = [d["error"] for d in results(r.stdout)]
     assert all("not a token id" in e or "twice" in e for e in errors), errors
+
+
+def test_results_into_a_file_on_an_ascii_or_latin1_stdout_are_json_escapes(tiny, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": "hi", "id": "caf\u00e9 \u2713"}) + "\n")
+    outs = []
+    for encoding in ("utf-8", "ascii", "latin-1"):
+        out = tmp_path / f"{encoding}.jsonl"
+        with open(out, "wb") as f:
+            p = subprocess.run(
+                [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "3"]
+                + ["--jsonl", str(source)],
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONIOENCODING": encoding},
+                timeout=120,
+            )
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        outs.append(
+            [{k: v for k, v in d.items() if k != "stats"} for d in results(out.read_text())]
+        )
+    assert outs[0][0]["id"] == "caf\u00e9 \u2713"
+    assert outs[0] == outs[1] == outs[2]

@@ -142,12 +142,18 @@ def write(record: dict) -> None:
     all: if the file fills up (a full disk, a size limit) or Ctrl-C lands halfway through, the
     part written is cut off again, so the file ends with the last whole line."""
     text = json.dumps(record, ensure_ascii=False) + "\n"
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        data = text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
+    except (UnicodeEncodeError, LookupError):  # an ASCII or Latin-1 stdout: JSON's escapes
+        text = json.dumps(record) + "\n"
+        data = text.encode("ascii")
     fd = _regular_file(sys.stdout)
     if fd is None:
         click.echo(text, nl=False)
         sys.stdout.flush()
         return
-    data = memoryview(text.encode(sys.stdout.encoding, sys.stdout.errors))
+    data = memoryview(data)
     appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND  # (>>: the offset says nothing)
     start = os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
     written = 0
