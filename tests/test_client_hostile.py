@@ -10,6 +10,7 @@ import socket
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from clitools import assert_one_line_error, trio
 from click.testing import CliRunner
@@ -328,3 +329,5 @@ def test_a_server_that_holds_other_models_by_the_next_request_refuses_it(tiny, m
                 call()
         link.target = ("127.0.0.1", int(same.rsplit(":", 1)[1]))
         assert list(c.stream("hi", max_tokens=3)) == before
+        r = httpx.post(same + "/localeft/v1/tokenize", json={"prompt": "hi", "served": [1]})
+        assert r.status_code == 400 and "served must be an object" in r.text

@@ -100,8 +100,10 @@ class ClientApi:
         that port), the request is refused rather than answered by other models."""
         if expected is None:
             return
+        if not isinstance(expected, dict):
+            raise InvalidParameterError(f"served must be an object, got {expected!r}")
         mine = served(self.server)
-        if not isinstance(expected, dict) or any(mine.get(k) != v for k, v in expected.items()):
+        if any(mine.get(k) != v for k, v in expected.items()):
             raise APIError(
                 409,
                 "the server holds other models than when this client connected (it was "
