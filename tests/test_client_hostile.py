@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -41,9 +42,10 @@ def events(*data: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def canned(answer):
+def canned(answer, seen: list | None = None):
     """A loopback listener that answers each request with `answer(path)` (raw bytes; None:
-    say nothing and keep the connection open); yields its URL."""
+    say nothing and keep the connection open); yields its URL. `seen` gets each request's
+    (path, JSON body)."""
     listener = socket.create_server(("127.0.0.1", 0))
     held = []
 
@@ -65,7 +67,10 @@ def canned(answer):
         )
         while len(body) < length:  # read it all: a socket closed on unread bytes resets
             body += conn.recv(65536)
-        reply = answer(data.split(b" ")[1].decode())
+        path = data.split(b" ")[1].decode()
+        if seen is not None:
+            seen.append((path, json.loads(body) if body else None))
+        reply = answer(path)
         if reply is None:
             return held.append(conn)
         conn.sendall(reply)
@@ -313,7 +318,7 @@ def test_a_server_that_holds_other_models_by_the_next_request_refuses_it(tiny, m
 
     with (
         running(create_app(make_em(), model="tiny")) as first,
-        running(create_app(make_em(n_ctx=512), model="tiny")) as other,
+        running(create_app(make_em(n_ctx=128), model="tiny")) as other,
         running(create_app(make_em(), model="tiny")) as same,
         LinkProxy(("127.0.0.1", int(first.rsplit(":", 1)[1]))) as link,
     ):
@@ -331,3 +336,34 @@ def test_a_server_that_holds_other_models_by_the_next_request_refuses_it(tiny, m
         assert list(c.stream("hi", max_tokens=3)) == before
         r = httpx.post(same + "/localeft/v1/tokenize", json={"prompt": "hi", "served": [1]})
         assert r.status_code == 400 and "served must be an object" in r.text
+
+
+def test_ctrl_c_while_a_chat_waits_for_the_server_keeps_the_conversation_as_it_was():
+    """Ctrl-C while the request waits (in the server's line, say) used to leave the message in
+    the conversation with no reply, so the next turn sent two user messages in a row."""
+    seen, waiting = [], threading.Event()
+    reply = events(
+        b'{"piece": "ok", "tokens": [5]}',
+        b'{"generation": {"text": "ok", "tokens": [5], "finish_reason": "length", '
+        b'"seed": null, "stats": {}, "content": "ok"}}',
+        b"[DONE]",
+    )
+
+    def answer(path: str) -> bytes | None:
+        if not path.endswith("/generate"):
+            return generation_answer(b"")(path)
+        if not waiting.is_set():
+            waiting.set()
+            return None  # the first one waits until Ctrl-C
+        return reply
+
+    def ctrl_c() -> None:
+        if waiting.wait(15):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with canned(answer, seen) as url:
+        r = CliRunner().invoke(cli, ["chat", "--server", url], input="hi\n/retry\nagain\n/bye\n")
+    assert r.exit_code == 0 and "interrupted before the reply began" in r.stderr, r.output
+    sent = [[m["content"] for m in body["prompt"]] for path, body in seen if "generate" in path]
+    assert sent == [["hi"], ["hi"], ["hi", "ok", "again"]]
