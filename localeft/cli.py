@@ -71,7 +71,7 @@ class _Group(click.Group):
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 ctx.exit(1)
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT):
+                if e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT, errno.EFBIG):
                     with contextlib.suppress(OSError, ValueError):  # nothing more to write out
                         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                     raise Failure(f"cannot write the output: {e.strerror or e}") from None

@@ -21,11 +21,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import validate
-from .errors import ContextOverflowError, InvalidParameterError, ServerError
+from .errors import ContextOverflowError, InvalidParameterError, LocaleftError, ServerError
 from .results import Generation, Score, Stats
 
 CONNECT_TIMEOUT = 10.0  # seconds; then no limit: a reply may wait its turn in the server's line
+MODELS_TIMEOUT = 30.0  # seconds for /v1/models, which a server answers at once (never queued)
 PREFIX = "/localeft/v1"
+# /v1/models' facts that decide a reply's numbers besides its settings (client_api.served)
+SERVED = ("files", "adapters", "n_ctx", "expert_weights", "weights", "repack", "base_prompt")
+# what a reply that is not what a localeft server sends raises while it is read
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -41,32 +46,52 @@ class Client:
     server, or one that is not localeft's, is a ServerError here."""
 
     def __init__(self, url: str, api_key: str | None = None):
-        self.url = url.rstrip("/")
-        parts = urlsplit(self.url if "://" in self.url else "http://" + self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        given = url.strip()
+        self.url = given.rstrip("/")
+        try:  # urlsplit and .port raise ValueError for a bad port or IPv6 address
+            parts = urlsplit(given if "://" in given else "http://" + given)
+            port = parts.port
+        except ValueError:
+            parts = port = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServerError(f"--server {url!r} is not an http://HOST:PORT address")
         self._scheme, self._host = parts.scheme, parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._port = port or (443 if parts.scheme == "https" else 80)
         self._base = parts.path.rstrip("/")
         key = api_key if api_key is not None else os.environ.get("LOCALEFT_API_KEY")
         self._headers = {"Content-Type": "application/json"}
-        if key:
+        if key:  # an HTTP header: printable ASCII only (else http.client raises mid-request)
+            if not (key.isascii() and key.isprintable()):
+                raise ServerError("the API key (LOCALEFT_API_KEY) must be printable ASCII text")
             self._headers["Authorization"] = f"Bearer {key}"
         info = self._models()
-        self.n_ctx: int = info["n_ctx"]
-        self.base_prompt: str = info.get("base_prompt", "template")
-        self.weights: str = info.get("weights", "")
+        try:
+            self._load(info)
+        except (*MALFORMED, InvalidParameterError):
+            raise ServerError(
+                f"{self.url} is not a localeft server (its /v1/models is not localeft's)"
+            ) from None
+        self.placement: list[dict] = []
+        self.closed = False
+
+    def _load(self, info: dict) -> None:
+        """The server's models and settings, as /v1/models' localeft extension says them."""
+        self.n_ctx: int = _typed(info["n_ctx"], int)
+        self.base_prompt: str = _typed(info.get("base_prompt", "template"), str)
+        self.weights: str = _typed(info.get("weights", ""), str)
         self.repack: bool | None = info.get("repack")
-        self.roles: dict[str, str] = info["files"]
-        self.expert_weights: list[float] = info.get("expert_weights", [])
+        self.roles: dict[str, str] = {
+            _typed(label, str): _typed(p, str) for label, p in info["files"].items()
+        }
+        self.expert_weights: list[float] = list(info.get("expert_weights", []))
         self.adapters: dict[str, list] = {
             label: [tuple(a) for a in pairs] for label, pairs in info.get("adapters", {}).items()
         }
-        self.defaults: dict = info.get("defaults", {})
-        self.models = {label: ServedModel(Path(p)) for label, p in info["files"].items()}
-        self.placement: list[dict] = []
-        self.closed = False
+        self.defaults: dict = dict(info.get("defaults", {}))
+        self.models = {label: ServedModel(Path(p)) for label, p in self.roles.items()}
         self.beta = info["beta"]
+        # sent back with each request: a server that holds other models by then refuses it
+        self._served = {k: info[k] for k in SERVED if k in info}
 
     # --- settings --------------------------------------------------------------------------
     @property
@@ -93,10 +118,20 @@ class Client:
             "betas": list(betas),
             "top": top,
         }
-        return Score.from_dict(self._read(self._post(f"{PREFIX}/score", body)))
+        answer = self._read(self._post(f"{PREFIX}/score", body))
+        try:
+            return Score.from_dict(answer)
+        except MALFORMED:
+            raise self._unreadable() from None
 
     def prompt_tokens(self, prompt) -> dict[str, list[int]]:
-        return self._read(self._post(f"{PREFIX}/tokenize", {"prompt": prompt}))["tokens"]
+        answer = self._read(self._post(f"{PREFIX}/tokenize", {"prompt": prompt}))
+        try:
+            return {
+                _typed(k, str): [_typed(t, int) for t in v] for k, v in answer["tokens"].items()
+            }
+        except MALFORMED:
+            raise self._unreadable() from None
 
     def close(self) -> None:
         self.closed = True
@@ -108,6 +143,9 @@ class Client:
         self.close()
 
     # --- HTTP ------------------------------------------------------------------------------
+    def _unreadable(self) -> ServerError:
+        return ServerError(f"the server at {self.url} sent an answer that is not localeft's")
+
     def _connection(self) -> http.client.HTTPConnection:
         kind = (
             http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
@@ -121,17 +159,23 @@ class Client:
                 f"cannot reach a localeft server at {self.url} ({_reason(e)}); start one with "
                 "`localeft serve`, or drop --server (and LOCALEFT_SERVER) to load the models here"
             ) from None
-        conn.sock.settimeout(None)
         return conn
 
-    def _send(self, method: str, path: str, body: dict | None = None):
+    def _send(self, method: str, path: str, body: dict | None = None, timeout=None):
+        """The response to one request; `timeout`: seconds the answer may take (None: no
+        limit)."""
         conn = self._connection()
+        conn.sock.settimeout(timeout)
         try:
             data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
             conn.request(method, self._base + path, body=data, headers=self._headers)
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
+            if isinstance(e, http.client.BadStatusLine):
+                raise ServerError(
+                    f"{self.url} is not a localeft server (its answer is not HTTP)"
+                ) from None
             raise ServerError(f"the server at {self.url} did not answer ({_reason(e)})") from None
         if response.status != 200:
             try:
@@ -141,7 +185,7 @@ class Client:
         return response
 
     def _post(self, path: str, body: dict):
-        return self._send("POST", path, body)
+        return self._send("POST", path, {**body, "served": self._served})
 
     def _read(self, response) -> dict:
         try:
@@ -154,11 +198,11 @@ class Client:
             response.close()
 
     def _models(self) -> dict:
-        response = self._send("GET", "/v1/models")
+        response = self._send("GET", "/v1/models", timeout=MODELS_TIMEOUT)
         try:
             info = json.loads(response.read())["data"][0]["localeft"]
-            info["files"], info["n_ctx"], info["beta"]  # noqa: B018  (present, or not localeft)
-        except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError):
+            info["files"].items(), info["n_ctx"], info["beta"]  # noqa: B018  (localeft's, or not)
+        except (OSError, http.client.HTTPException, *MALFORMED):
             raise ServerError(
                 f"{self.url} is not a localeft server (no models it serves)"
             ) from None
@@ -170,13 +214,19 @@ class Client:
         """The exception a refused request raises here, as a local run would raise it."""
         try:
             err = json.loads(response.read())["error"]
-            message = err["message"]
-        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+            message = _typed(err["message"], str)
+            err.get("code")
+        except (OSError, http.client.HTTPException, *MALFORMED):
             err, message = {}, f"HTTP {response.status} {response.reason}"
+        message = _one_line(message)
         if response.status == 400 and err.get("code") == "context_length_exceeded":
-            return ContextOverflowError(message, tokens=err.get("tokens"), n_ctx=err.get("n_ctx"))
+            return _overflow(message, err)
         if response.status == 400:
             return InvalidParameterError(message)
+        if response.status == 401 and "Authorization" in self._headers:
+            return ServerError(
+                f"the server at {self.url} refused the API key in LOCALEFT_API_KEY ({message})"
+            )
         if response.status == 401:
             return ServerError(
                 f"the server at {self.url} needs its API key: set LOCALEFT_API_KEY ({message})"
@@ -211,17 +261,31 @@ class RemoteStream:
                         f"the server at {self._client.url} ended the reply before its end"
                     )
                 raise StopIteration
-            if "piece" in event:
-                self.tokens += event["tokens"]
-                if event["piece"]:
-                    self._text.append(event["piece"])
-                    return event["piece"]
-            elif "generation" in event:
-                self.generation = Generation.from_dict(event["generation"])
-                self.records = self.generation.logprobs or []
-            elif "error" in event:
+            try:
+                piece = self._take(event)
+            except LocaleftError:  # the server's own error (InvalidParameterError is a ValueError)
+                raise
+            except MALFORMED:
                 self._hang_up()
-                raise _event_error(self._client, event["error"])
+                raise self._client._unreadable() from None
+            if piece:
+                return piece
+
+    def _take(self, event: dict) -> str | None:
+        """Take in one event; its text piece, if it has one."""
+        if "piece" in event:
+            piece, tokens = _typed(event["piece"], str), event["tokens"]
+            self.tokens += [_typed(t, int) for t in tokens]
+            if piece:
+                self._text.append(piece)
+            return piece
+        if "generation" in event:
+            self.generation = Generation.from_dict(event["generation"])
+            self.records = self.generation.logprobs or []
+        elif "error" in event:
+            self._hang_up()
+            raise _event_error(self._client, event["error"])
+        return None
 
     def _event(self) -> dict | None:
         """The next event's data; None at [DONE] or when the stream ends."""
@@ -235,7 +299,12 @@ class RemoteStream:
                     return None
                 if line.startswith(b"data: "):
                     data = line[6:].strip()
-                    return None if data == b"[DONE]" else json.loads(data)
+                    if data == b"[DONE]":
+                        return None
+                    event = json.loads(data)
+                    if not isinstance(event, dict):
+                        raise ValueError("an event that is not an object")
+                    return event
         except (OSError, http.client.HTTPException, ValueError) as e:
             self._hang_up()
             raise ServerError(
@@ -260,15 +329,41 @@ class RemoteStream:
 
 
 def _event_error(client: Client, err: dict) -> Exception:
-    message = err.get("message", "unknown error")
+    if not isinstance(err, dict):
+        return client._unreadable()
+    message = _one_line(str(err.get("message", "unknown error")))
     if err.get("code") == "context_length_exceeded":
-        return ContextOverflowError(message, tokens=err.get("tokens"), n_ctx=err.get("n_ctx"))
+        return _overflow(message, err)
     if err.get("type") == "invalid_request_error":
         return InvalidParameterError(message)
     return ServerError(f"the server at {client.url}: {message}")
 
 
+def _overflow(message: str, err: dict) -> ContextOverflowError:
+    """A prompt over the server's context, with the sizes it said (as a local run has them)."""
+    tokens, n_ctx = err.get("tokens"), err.get("n_ctx")
+    sized = all(isinstance(x, int) and not isinstance(x, bool) for x in (tokens, n_ctx))
+    if not sized:
+        tokens = n_ctx = None
+    return ContextOverflowError(
+        message, tokens=tokens, n_ctx=n_ctx, at_least=err.get("at_least") is True
+    )
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, socket.timeout):
         return "timed out"
-    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return _one_line(getattr(e, "strerror", None) or str(e) or type(e).__name__)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """What a server said, fit for a one-line error: printable, on one line, not too long."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _typed(value, kind: type):
+    """`value` if it is a `kind` (bool is no int here), else TypeError: a malformed answer."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, got {value!r}")
+    return value

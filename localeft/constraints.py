@@ -10,6 +10,7 @@ see identical transforms there, and only accepted tokens ever reach the real sta
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import llama_cpp  # noqa: F401  (before numpy: see localeft/__init__.py)
@@ -19,6 +20,8 @@ from . import validate
 from .errors import InvalidParameterError
 from .grammar import Grammar
 from .sampling import Dist, Sampler
+
+TOKEN_ID = re.compile(r"-?[0-9]+")  # a logit_bias key written as text
 
 
 class GrammarDeadEnd(Exception):
@@ -58,15 +61,20 @@ class Penalties:
             )
         checked = {}
         for key, value in bias.items():
-            try:
-                tok = int(key) if isinstance(key, str) else key
-            except ValueError:
-                raise InvalidParameterError(
-                    f"logit_bias key {key!r} is not a token id", param="logit_bias"
-                ) from None
+            tok = key
+            if isinstance(key, str):  # JSON's keys: digits only ("1_0", "٣" or " 1" are typos)
+                if not TOKEN_ID.fullmatch(key):
+                    raise InvalidParameterError(
+                        f"logit_bias key {key!r} is not a token id", param="logit_bias"
+                    )
+                tok = int(key)
             tok = validate.integer(
                 "logit_bias token id", tok, 0, None if n_vocab is None else n_vocab - 1
             )
+            if tok in checked:  # "1" and "01": which bias was meant?
+                raise InvalidParameterError(
+                    f"logit_bias gives token {tok} twice", param="logit_bias"
+                )
             if isinstance(value, (int, float)) and value == -math.inf:
                 checked[tok] = -math.inf
             else:

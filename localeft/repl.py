@@ -158,33 +158,29 @@ class ChatSession:
     def reply(self, text: str) -> None:
         self.unsent = None
         self.messages.append({"role": "user", "content": text})
-        if not self.fit():
+        try:
+            g = self._generate(text)
+        except KeyboardInterrupt:  # before the reply began (waiting in a --server's line, say)
+            with deferred_interrupts():
+                self.messages.pop()
+                self.unsent = text
+                click.echo(
+                    "\n(interrupted before the reply began; /retry sends the message again)",
+                    err=True,
+                )
+            return
+        if g is False:  # did not fit, or an error said in one line
             self.messages.pop()
             return
-        try:
-            extra = {"logprobs": EXPLAIN_TOP} if self.explain else {}
-            g = run(
-                self.em,
-                self.request(),
-                echo=not self.explain,
-                partial=True,
-                mode=MODES[self.mode],
-                **self.kw,
-                **extra,
-            )
-        except LocaleftError as e:
-            g = None
-            click.echo(f"localeft: error: {e}", err=True)
         with deferred_interrupts():  # the bookkeeping of a turn is never half done
             if g is None or (g.finish_reason == "interrupted" and not g.tokens):
                 self.messages.pop()
-                if g is not None:
-                    self.unsent = text
-                    click.echo(
-                        "\n(interrupted before the reply began; /retry sends the message "
-                        "again, reusing the prompt evaluated so far)",
-                        err=True,
-                    )
+                self.unsent = text
+                click.echo(
+                    "\n(interrupted before the reply began; /retry sends the message "
+                    "again, reusing the prompt evaluated so far)",
+                    err=True,
+                )
                 return
             if self.explain and g.logprobs is not None:
                 click.echo(explained(g.logprobs), nl=False, color=True)
@@ -205,6 +201,27 @@ class ChatSession:
             )
             self.save_history()
         notes(g, self.verbose)
+
+    def _generate(self, text: str):
+        """The reply's Generation (None: interrupted before it began); False when the message
+        does not fit or the engine (a --server) failed, said in one line and kept for /retry."""
+        try:
+            if not self.fit():
+                return False
+            extra = {"logprobs": EXPLAIN_TOP} if self.explain else {}
+            return run(
+                self.em,
+                self.request(),
+                echo=not self.explain,
+                partial=True,
+                mode=MODES[self.mode],
+                **self.kw,
+                **extra,
+            )
+        except LocaleftError as e:  # a --server that went away: the chat goes on
+            self.unsent = text  # /retry sends it once the server is back
+            click.echo(f"localeft: error: {e}", err=True)
+            return False
 
     def fit(self) -> bool:
         """Drop the oldest turns (never the system message) until the conversation leaves room

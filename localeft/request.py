@@ -158,7 +158,7 @@ def check_prompt(prompt) -> tuple[str, str | tuple]:
         return "ids", tuple(token_ids("prompt", prompt))
     messages = check_messages(prompt)
     for m in messages:
-        for text in strings(m):
+        for text in strings(m, "messages"):
             check_text(text, "messages")
     return "chat", tuple(messages)
 

@@ -14,9 +14,11 @@ vanished. What the protocol still trusts is in docs/DISTRIBUTED.md.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import threading
+import time
 from typing import Callable
 
 HELLO_TIMEOUT = 10.0  # seconds for a new connection's handshake message
@@ -24,6 +26,7 @@ STALL_TIMEOUT = 30.0  # seconds a message may stall halfway
 MAX_HELLO = 4096  # bytes: a first message larger than this is not llama.cpp's HELLO
 HEADER = 9  # command byte + 8-byte size
 _BUFFER = 1 << 20
+SCARCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # accept again a bit later
 
 
 class Gate:
@@ -43,12 +46,23 @@ class Gate:
         self.turn = threading.Lock()  # the session in progress
 
     def run(self) -> None:
-        """Accept until the listening socket is closed."""
+        """Accept until the listening socket is closed. Any other failure to accept passes: a
+        connection reset before it was accepted, or every file descriptor taken by a flood of
+        connections (they are dropped within the handshake timeout)."""
+        starved = False
         while True:
             try:
                 conn, peer = self.listen.accept()
-            except OSError:
-                return
+            except OSError as e:
+                if self.listen.fileno() < 0 or e.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                if e.errno in SCARCE:
+                    if not starved:
+                        self.log(f"cannot accept connections for now: {e.strerror}")
+                    starved = True
+                    time.sleep(0.1)
+                continue
+            starved = False
             threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer) -> None:

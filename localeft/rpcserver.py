@@ -92,8 +92,12 @@ def serve(
         why[0] = "llama.cpp's server stopped (see its message above)"
         stop.set()
 
-    def log(line: str) -> None:
-        print(f"localeft rpc-server: {line}", flush=True)
+    def log(line: str) -> None:  # from the gate's threads: one write per line, never mixed
+        with log_lock:
+            sys.stdout.write(f"localeft rpc-server: {line}\n")
+            sys.stdout.flush()
+
+    log_lock = threading.Lock()
 
     handlers = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in handlers}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import lora, tokenview
+from .errors import LocaleftError
 from .reports import ROLE_NAMES
 from .results import Generation, Stats
 from .validate import MAX_DRAFT, MAX_WEIGHT
@@ -55,16 +56,24 @@ def stdin_is_tty() -> bool:
 
 def run(em: Emulator, request, *, echo: bool, partial: bool = False, **kw) -> Generation | None:
     """Generate, streaming to stdout if `echo`. Ctrl-C propagates, or with `partial` returns what
-    was generated (finish_reason "interrupted"; None if the generation never started)."""
+    was generated (finish_reason "interrupted"; None if the generation never started). An
+    error mid-reply (a --server that went away) propagates after the line shown is ended, so
+    its one-line message starts a line of its own."""
     stream = em.stream(request, **kw)
+    last = ""
     try:
         for piece in stream:
             if echo:
                 click.echo(piece, nl=False)
+                last = piece
     except KeyboardInterrupt:
         stream.close()  # the Ctrl-C may have landed outside the engine's generator
         if not partial:
             raise
+    except LocaleftError:
+        if last and not last.endswith("\n"):
+            click.echo()
+        raise
     return stream.generation
 
 

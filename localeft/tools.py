@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .errors import InvalidParameterError
+from .schema.limits import MAX_NESTING
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CHOICES = ("auto", "none", "required")
@@ -153,12 +154,23 @@ def check_calls(calls, i: int) -> list[dict]:
     return out
 
 
-def strings(value) -> list[str]:
-    """Every string in a JSON-like value, keys included (to check they are text)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in strings(k) + strings(v)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in strings(v)]
-    return []
+def strings(value, what: str = "tools") -> list[str]:
+    """Every string in a JSON-like value, keys included (to check they are text). Without
+    recursion, and refusing a value that nests deeper than a JSON schema may (MAX_NESTING):
+    the chat templates and the renderer that take it next recurse once per level."""
+    found, todo = [], [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, str):
+            found.append(item)
+            continue
+        if isinstance(item, dict):
+            items = [x for pair in item.items() for x in pair]
+        elif isinstance(item, (list, tuple)):
+            items = list(item)
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise _error(f"{what} nest deeper than {MAX_NESTING} levels", what)
+        todo.extend((x, depth + 1) for x in items)
+    return found

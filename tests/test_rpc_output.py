@@ -114,6 +114,16 @@ def test_bad_rpc_output_is_refused_before_anything_loads(tiny, tmp_path, monkeyp
     assert r.exit_code == 2 and "'here' is not one of 'auto', 'local', 'remote'" in r.output
 
 
+@pytest.mark.parametrize("option", [["--rpc-output", "local"], ["--rpc-timeout", "5"]])
+def test_an_rpc_option_without_rpc_is_refused_as_rpc_split_is(tiny, tmp_path, monkeypatch, option):
+    """It had no effect without --rpc and said nothing (--rpc-split was refused already)."""
+    isolate(tmp_path, monkeypatch)
+    trio = ["--large-base", tiny.large_base, "--small-ft", tiny.small_ft]
+    trio += ["--small-base", tiny.small_base, "-c", "256", "-n", "2"]
+    r = CliRunner().invoke(cli, ["generate", *map(str, trio), *option, "hi"])
+    assert r.exit_code == 2 and f"{option[0]} needs --rpc" in r.output, r.output
+
+
 def test_the_link_measurement_sees_the_delay_and_the_rate(servers):
     host, port = servers[0].endpoint.split(":")
     with LinkProxy((host, int(port)), delay=0.01, rate=4e6) as slow:

@@ -301,7 +301,7 @@ def test_the_server_must_serve_what_was_asked_for(tiny, served):
     assert_one_line_error(r, 1, "serves", "padded.gguf")
     expert = f"{tiny.small_ft}:{tiny.small_base}:0.5"  # the same files, another weight
     r = invoke(*here, "--large-base", tiny.large_base, "--expert", expert, "hi")
-    assert_one_line_error(r, 1, "serves other models")
+    assert_one_line_error(r, 1, "at weight 1, not the 0.5 asked for")
     r = invoke(*here, "-c", "512", "hi")
     assert_one_line_error(r, 1, "context of 256 tokens")
     r = invoke(*here, "--repack", "hi")

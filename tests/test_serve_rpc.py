@@ -286,3 +286,29 @@ def test_ctrl_c_ends_the_reply_as_without_rpc(tiny, tmp_path):
         server.stop()
     assert "error" not in events[-1], events[-1]
     assert events[-1]["localeft"]["finish_reason"] == "interrupted"
+
+
+def test_the_cli_as_a_client_of_a_degraded_server_says_so_and_the_chat_goes_on(tiny, serve):
+    """While the worker restarts, /v1/models still answers from the parent, so `--server`
+    connects; each request is then one line naming the restart, and a chat stays open (its
+    message kept for /retry) instead of ending."""
+    from click.testing import CliRunner
+
+    from localeft.cli import cli
+
+    server = Server()
+    try:
+        url = serve(tiny, server.endpoint)
+        server.stop()
+        assert chat(url, SHORT).status_code == 503  # the engine finds out
+        assert httpx.get(url + "/v1/models", timeout=BOUND).status_code == 200
+        r = CliRunner().invoke(cli, ["generate", "--server", url, "-n", "3", "hi"])
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.output
+        assert "the engine is restarting" in r.stderr
+        r = CliRunner().invoke(
+            cli, ["chat", "--server", url, "-n", "3"], input="hi\n/retry\n/bye\n"
+        )
+        assert r.exit_code == 0, r.output
+        assert r.stderr.count("localeft: error: ") == 2 and "engine is restarting" in r.stderr
+    finally:
+        server.stop()

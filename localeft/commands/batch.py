@@ -15,8 +15,12 @@ to repeat it.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import fcntl
 import json
+import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -24,7 +28,7 @@ import click
 
 from ..errors import ContextOverflowError, InvalidParameterError
 from ..terminal import MODES, run
-from .options import context_message
+from .options import Failure, context_message
 
 # request.build's settings (a line may set any), written out: request.py loads NumPy, which a
 # batch sent to a server (--server) never needs before its first line is checked
@@ -56,7 +60,8 @@ class BadLine:
 
 
 def read(path: str) -> list[tuple[int, bytes]]:
-    """(line number, bytes) of every non-blank line of FILE, or of stdin for '-'."""
+    """(line number, bytes) of every non-blank line of FILE, or of stdin for '-' (a UTF-8
+    byte order mark at the start, as some editors write, is not part of the first line)."""
     try:
         if path == "-":
             if sys.stdin is None:
@@ -66,7 +71,8 @@ def read(path: str) -> list[tuple[int, bytes]]:
             with open(path, "rb") as f:
                 data = f.read()
     except OSError as e:
-        raise click.FileError(path, e.strerror) from None
+        raise Failure(f"cannot read --jsonl {path}: {e.strerror or e}") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
     return [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
 
 
@@ -95,9 +101,7 @@ def parse(number: int, raw: bytes, defaults: dict, mode: str, chat: bool, system
         line_mode = d.get("mode", mode)
         if not isinstance(line_mode, str) or line_mode not in MODES:
             raise InvalidParameterError(f"mode must be one of eft, large, small, got {line_mode!r}")
-        own = {k: d[k] for k in SETTINGS & set(d)}
-        if "logit_bias" in own and isinstance(own["logit_bias"], dict):
-            own["logit_bias"] = _bias(own["logit_bias"])
+        own = {k: d[k] for k in SETTINGS & set(d)}  # logit_bias's text keys: request.build's
         settings = dict(defaults)
         if "grammar" in own or "json_schema" in own:  # the line's format replaces the flags'
             settings.pop("grammar", None)
@@ -116,9 +120,14 @@ def _prompt(d: dict, chat: bool, system) -> str | list:
     if ("prompt" in d) == ("messages" in d):
         raise InvalidParameterError('give "prompt" (text) or "messages" (a list), one of them')
     if "messages" in d:
-        if not isinstance(d["messages"], list) or not d["messages"]:
+        messages = d["messages"]  # objects: a list of numbers would run as token ids
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
             raise InvalidParameterError('"messages" must be a non-empty list of {role, content}')
-        return d["messages"]
+        return messages
     text = d["prompt"]
     if not isinstance(text, str) or not text.strip():
         raise InvalidParameterError('"prompt" must be non-empty text')
@@ -128,16 +137,48 @@ def _prompt(d: dict, chat: bool, system) -> str | list:
     return head + [{"role": "user", "content": text}]
 
 
-def _bias(bias: dict) -> dict:
-    try:
-        return {int(k): v for k, v in bias.items()}
-    except ValueError:
-        raise InvalidParameterError(f"logit_bias keys must be token ids, got {bias!r}") from None
-
-
 def write(record: dict) -> None:
-    click.echo(json.dumps(record, ensure_ascii=False))
-    sys.stdout.flush()
+    """One result line, flushed. Into a regular file the line is written in whole or not at
+    all: if the file fills up (a full disk, a size limit) or Ctrl-C lands halfway through, the
+    part written is cut off again, so the file ends with the last whole line."""
+    text = json.dumps(record, ensure_ascii=False) + "\n"
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        data = text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
+    except (UnicodeEncodeError, LookupError):  # an ASCII or Latin-1 stdout: JSON's escapes
+        text = json.dumps(record) + "\n"
+        data = text.encode("ascii")
+    fd = _regular_file(sys.stdout)
+    if fd is None:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+        return
+    data = memoryview(data)
+    appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND  # (>>: the offset says nothing)
+    start = os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size == start + written:  # no other writer came in between
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+        raise
+
+
+def _regular_file(stream) -> int | None:
+    """The descriptor of `stream`, flushed, if it is a regular file (else None: a pipe, a
+    terminal, CliRunner's stdout)."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        stream.flush()
+        return fd
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def progress(n: int):

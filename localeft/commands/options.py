@@ -19,7 +19,7 @@ from ..terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K,
 from ..lora import LoRA
 from ..terminal import adapter_lines, placement_line, stdin_is_tty
 from ..validate import MAX_DRAFT
-from .remote import cached, connect, names_models
+from .remote import cached, connect, given, names_models
 
 if TYPE_CHECKING:
     from ..engine import Emulator
@@ -448,6 +448,9 @@ def emulator_kwargs(o: dict) -> tuple[dict, dict]:
     )
     if o["rpc_split"] and not o["rpc"]:
         raise click.UsageError("--rpc-split needs --rpc (the servers it splits the layers over)")
+    for name, flag in (("rpc_output", "--rpc-output"), ("rpc_timeout", "--rpc-timeout")):
+        if given(name) and not o["rpc"]:  # else silently without effect
+            raise click.UsageError(f"{flag} needs --rpc (the servers of the large base's layers)")
     if "experts" in paths:
         return dict(base=paths["large_base"], experts=paths["experts"], **common), settings
     return dict(**paths, **common), settings

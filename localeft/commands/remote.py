@@ -39,6 +39,7 @@ IGNORED = {
     "rpc": "--rpc",
     "rpc_split": "--rpc-split",
     "rpc_timeout": "--rpc-timeout",
+    "rpc_output": "--rpc-output",
     "yes": "-y/--yes",
 }
 LABELS = {"large_base": "base", "small_ft": "ft", "small_base": "ref"}
@@ -126,10 +127,15 @@ def check_models(
     expert weights."""
     where = f"the server at {client.url}"
     advice = "drop the model options to use its models, or start `localeft serve` with these"
-    if set(files) != set(client.roles) or weights != client.expert_weights:
+    if set(files) != set(client.roles):
         raise ServerError(
             f"{where} serves other models ({_roles(client.roles)}) than the ones asked for "
             f"({_roles(files)}); {advice}"
+        )
+    if weights != client.expert_weights:
+        raise ServerError(
+            f"{where} serves its fine-tuning at weight {_weights(client.expert_weights)}, not "
+            f"the {_weights(weights)} asked for; {advice}"
         )
     for label, asked in files.items():
         if not same_file(asked, client.roles[label]):
@@ -143,16 +149,23 @@ def check_models(
             same_file(a, b) and s == t for (a, s), (b, t) in zip(mine, theirs)
         )
         if not same:
+            full = _adapters(theirs) == _adapters(mine)  # same names: other files
             raise ServerError(
-                f"{where} serves {label} with {_adapters(theirs)}, not the "
-                f"{_adapters(mine)} asked for; {advice}"
+                f"{where} serves {label} with {_adapters(theirs, full)}, not the "
+                f"{_adapters(mine, full)} asked for; {advice}"
             )
 
 
-def _adapters(pairs: list) -> str:
+def _adapters(pairs: list, full: bool = False) -> str:
+    """The adapters by file name (`full`: by path), each with its scale."""
     if not pairs:
         return "no LoRA adapter"
-    return "LoRA " + " + ".join(f"{Path(str(p)).name} x{s:g}" for p, s in pairs)
+    name = str if full else (lambda p: Path(str(p)).name)
+    return "LoRA " + " + ".join(f"{name(p)} x{s:g}" for p, s in pairs)
+
+
+def _weights(weights: list[float]) -> str:
+    return ", ".join(f"{w:g}" for w in weights)
 
 
 def same_file(asked: Path, served: str) -> bool:

@@ -47,6 +47,10 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
       curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
           -d '{"messages": [{"role": "user", "content": "Hi"}], "beta": 1.5}'
     """
+    if api_key and not (api_key.isascii() and api_key.isprintable() and api_key == api_key.strip()):
+        raise click.BadParameter(  # no client could send it: it travels in an HTTP header
+            "must be printable ASCII text without surrounding spaces", param_hint="--api-key"
+        )
     from .. import server
 
     absent = server.missing()
@@ -60,10 +64,10 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
             stacklevel=1,
         )
     em, settings = _engine(o)
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # IPv6: [::1]
     with em:
         click.echo(
-            f"localeft: serving {model_name} on http://{host}:{port}/ (chat page), "
-            f"API at http://{host}:{port}/v1; Ctrl-C stops",
+            f"localeft: serving {model_name} on {url}/ (chat page), API at {url}/v1; Ctrl-C stops",
             err=True,
         )
         server.serve(

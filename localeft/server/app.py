@@ -67,11 +67,11 @@ def api_error(e: BaseException) -> APIError:
 
 
 def checked(fn, *args, **kwargs):
-    """Call fn; an Emulator error becomes the APIError to answer."""
+    """Call fn; an Emulator error becomes the APIError to answer (its __cause__: the error)."""
     try:
         return fn(*args, **kwargs)
     except LocaleftError as e:
-        raise api_error(e) from None
+        raise api_error(e) from e
 
 
 class Server:

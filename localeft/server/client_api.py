@@ -12,7 +12,7 @@ OpenAI's shapes carry only part of it (no token ids without logprobs, no per-mod
 one: 400 at once). Requests take their turn in the server's one line like any other. Floats
 travel as Python writes them (shortest repr, Infinity for -inf): they read back to the same
 doubles, so the client prints the bytes a local run prints. Errors are OpenAI's error object;
-a prompt over the context also says by how much (`tokens`, `n_ctx`).
+a prompt over the context also says by how much (`tokens`, `n_ctx`, `at_least`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def error_body(err: APIError, e: BaseException) -> dict:
     """The error object answered for `e`, with the sizes of a context overflow."""
     body = err.body()
     if isinstance(e, ContextOverflowError):
-        body["error"].update(tokens=e.tokens, n_ctx=e.n_ctx)
+        body["error"].update(tokens=e.tokens, n_ctx=e.n_ctx, at_least=e.at_least)
     return body
 
 
@@ -66,18 +66,10 @@ def _field(body: dict, name: str, kind: type, default=None):
 
 
 def built(prompt, settings) -> requests.Request:
-    """The Request the settings describe (logit_bias keys come as JSON strings)."""
+    """The Request the settings describe (logit_bias keys come as JSON strings, which
+    request.build reads)."""
     if not isinstance(settings, dict):
         raise InvalidParameterError(f"settings must be an object, got {settings!r}")
-    settings = dict(settings)
-    bias = settings.get("logit_bias")
-    if isinstance(bias, dict):
-        try:
-            settings["logit_bias"] = {int(k): v for k, v in bias.items()}
-        except ValueError:
-            raise InvalidParameterError(
-                f"logit_bias keys must be token ids, got {bias!r}"
-            ) from None
     unknown = sorted(set(settings) - set(requests.build.__kwdefaults__))
     if unknown:
         raise InvalidParameterError(f"unknown setting {unknown[0]!r}")
@@ -94,12 +86,30 @@ class ClientApi:
         try:
             self.server.authorize(request)
             body = await self.server.body(request)
+            self._check_served(body.get("served"))
             return await handler(request, body)
-        except APIError as e:
-            return _json(e.body(), e.status, e.headers)
+        except APIError as e:  # a request refused before it ran: its cause says the sizes
+            return _json(error_body(e, e.__cause__), e.status, e.headers)
         except LocaleftError as e:
             err = self.api_error(e)
             return _json(error_body(err, e), err.status)
+
+    def _check_served(self, expected) -> None:
+        """A client checked the models when it connected and sends what it saw (`served`):
+        if this server holds others now (restarted with other options, or another server on
+        that port), the request is refused rather than answered by other models."""
+        if expected is None:
+            return
+        if not isinstance(expected, dict):
+            raise InvalidParameterError(f"served must be an object, got {expected!r}")
+        mine = served(self.server)
+        if any(mine.get(k) != v for k, v in expected.items()):
+            raise APIError(
+                409,
+                "the server holds other models than when this client connected (it was "
+                "restarted with other options?); run the command again to check them anew",
+                code="models_changed",
+            )
 
     async def generate(self, request: Request) -> Response:
         return await self._guarded(request, self._generate)
@@ -155,6 +165,21 @@ class ClientApi:
     async def _tokenize(self, request: Request, body: dict) -> Response:
         tokens = await asyncio.to_thread(self.server.em.prompt_tokens, body.get("prompt"))
         return _json({"tokens": tokens})
+
+
+def served(server) -> dict:
+    """What decides a reply's numbers besides its settings, as /v1/models says it (and the
+    client sends it back): the files by role, their adapters and weights, the context, the
+    weight layout, how base models see chats."""
+    em = server.em
+    facts = {
+        "files": {label: str(m.path) for label, m in em.models.items()},
+        "adapters": em.adapters,
+        "n_ctx": em.n_ctx,
+        **server.load_facts(),
+    }
+    del facts["defaults"]  # the client's settings are sent with every request
+    return json.loads(json.dumps(facts))
 
 
 def _generation(stream):

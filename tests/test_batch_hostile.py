@@ -1,0 +1,129 @@
+"""`generate --jsonl` against hostile input and a hostile output: a byte order mark, a file
+that cannot be read, messages that are not objects, an output file that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clitools import assert_one_line_error, invoke, trio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_byte_order_mark_does_not_spoil_the_first_line(tiny, tmp_path):
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    lines = '{"prompt": "hello"}\r\n{"prompt": "again"}\r\n'
+    plain.write_text(lines)
+    marked.write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    here = [invoke("generate", *trio(tiny), "-n", "4", "--jsonl", p) for p in (plain, marked)]
+    assert here[1].exit_code == 0, here[1].output
+    strip = [
+        [{k: v for k, v in d.items() if k != "stats"} for d in results(r.stdout)] for r in here
+    ]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tiny, tmp_path):
+    for path in (tmp_path / "missing.jsonl", tmp_path):
+        r = invoke("generate", *trio(tiny), "--jsonl", path)
+        assert_one_line_error(r, 1, f"cannot read --jsonl {path}")
+
+
+def test_messages_must_be_objects_not_token_ids(tiny, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"messages": [1, 2]}\n{"messages": [{"role": "user", "content": "x"}, 3]}\n')
+    r = invoke("generate", *trio(tiny), "-n", "2", "--jsonl", path)
+    assert_one_line_error(r, 1, "2 of 2 lines")
+    assert all("messages" in d["error"] for d in results(r.stdout))
+
+
+def test_an_output_file_that_fills_up_ends_with_whole_lines(tiny, tmp_path):
+    """A file size limit (as a full disk) cuts the output halfway through a line: the part
+    written is removed, the lines before it are kept (also those already in a file appended
+    to), and the error is one line."""
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    limit = 5000  # bytes: a few result lines of about a kilobyte each
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with open(out, "ab") as f:
+        p = subprocess.run(
+            [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "4"]
+            + ["--jsonl", str(source)],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=limited,
+            timeout=120,
+        )
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "localeft: error: cannot write the output: File too large"
+    ]
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and len(data) < limit
+    written = results(data.decode())
+    assert written[0] == {"kept": True} and len(written) > 2
+    assert [d["line"] for d in written[1:]] == list(range(1, len(written)))
+
+
+def test_logit_bias_keys_are_token_ids_written_plainly(tiny, tmp_path):
+    """JSON's keys are text: "5" is token 5, but Python's int() also reads "1_0" as 10, "٣"
+    as 3 and " 1" as 1, and "1" and "01" as one token with two biases (the last silently
+    won). Every door (a --jsonl line, the server, the Python API) refuses them now."""
+    from localeft import request
+    from localeft.errors import InvalidParameterError
+
+    odd = [{"1_0": 1}, {"\u0663": 1}, {" 1": 1}, {"+1": 1}, {"1": 1, "01": -1}]
+    for bias in odd:
+        with pytest.raises(InvalidParameterError, match="logit_bias"):
+            request.build("hi", logit_bias=bias)
+    assert request.build("hi", logit_bias={"12": 1, 3: -2}).penalties.logit_bias == {12: 1, 3: -2}
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "hi", "logit_bias": b}) + "\n" for b in odd))
+    r = invoke("generate", *trio(tiny), "-n", "2", "--jsonl", path)
+    assert_one_line_error(r, 1, f"{len(odd)} of {len(odd)} lines")
+    errors = [d["error"] for d in results(r.stdout)]
+    assert all("not a token id" in e or "twice" in e for e in errors), errors
+
+
+def test_results_into_a_file_on_an_ascii_or_latin1_stdout_are_json_escapes(tiny, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": "hi", "id": "caf\u00e9 \u2713"}) + "\n")
+    outs = []
+    for encoding in ("utf-8", "ascii", "latin-1"):
+        out = tmp_path / f"{encoding}.jsonl"
+        with open(out, "wb") as f:
+            p = subprocess.run(
+                [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "3"]
+                + ["--jsonl", str(source)],
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONIOENCODING": encoding},
+                timeout=120,
+            )
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        outs.append(
+            [{k: v for k, v in d.items() if k != "stats"} for d in results(out.read_text())]
+        )
+    assert outs[0][0]["id"] == "caf\u00e9 \u2713"
+    assert outs[0] == outs[1] == outs[2]
