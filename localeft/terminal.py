@@ -4,6 +4,7 @@ that both options and `/set` accept (one definition per number)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -146,3 +147,14 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
     if verbose:
         seed = f" | seed {g.seed}" if g.seed is not None else ""
         click.echo(prefix + stats_line(g.stats) + seed, err=True)
+
+
+def json_text(data, **kw) -> str:
+    """JSON for stdout: characters as they are where its encoding can write them, else JSON's
+    \\u escapes (a Latin-1 or ASCII terminal gets the same data, never a UnicodeEncodeError)."""
+    text = json.dumps(data, ensure_ascii=False, **kw)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(data, **kw)
+    return text

@@ -127,3 +127,46 @@ def test_results_into_a_file_on_an_ascii_or_latin1_stdout_are_json_escapes(tiny,
         )
     assert outs[0][0]["id"] == "caf\u00e9 \u2713"
     assert outs[0] == outs[1] == outs[2]
+
+
+@pytest.mark.parametrize("command", ["generate", "compare", "score"])
+def test_json_on_a_stdout_that_cannot_write_the_text_is_escaped_not_a_traceback(
+    tiny, tmp_path, command
+):
+    """--json on a Latin-1 or ASCII stdout: the same data, with JSON's \\u escapes."""
+    args = ["--json", "-n", "3"] if command != "score" else ["--json"]
+    texts = ["caf\u00e9 \u2713 \u65e5\u672c"] + ([" \u2713"] if command == "score" else [])
+    outs = []
+    for encoding in ("utf-8", "ascii", "latin-1"):
+        p = subprocess.run(
+            [sys.executable, "-m", "localeft", command, *trio(tiny), *args, *texts],
+            cwd=ROOT,
+            capture_output=True,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+            timeout=120,
+        )
+        assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr.decode()
+        d = json.loads(p.stdout)
+        assert any(ord(c) > 255 for c in json.dumps(d, ensure_ascii=False))  # Latin-1 can't
+        outs.append(untimed(d))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def untimed(d):
+    """A result without its timings (they differ from run to run)."""
+    if isinstance(d, dict):
+        return {k: untimed(v) for k, v in d.items() if k != "stats"}
+    if isinstance(d, list):
+        return [untimed(v) for v in d]
+    return d
+
+
+def test_compare_and_eval_say_they_load_here_when_localeft_server_is_set(
+    tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LOCALEFT_SERVER", "http://127.0.0.1:9")
+    r = invoke("compare", *trio(tiny), "-n", "2", "hi")
+    assert r.exit_code == 0, r.output
+    assert "LOCALEFT_SERVER is set, but `localeft compare` loads the models here" in r.stderr
+    r = invoke("generate", *trio(tiny), "-n", "2", "--server", "", "hi")  # no server: no note
+    assert "LOCALEFT_SERVER is set" not in r.stderr

@@ -295,6 +295,8 @@ def test_api_keys_that_cannot_travel_in_a_header_are_refused_on_both_sides(
     for key in ("ключ", " k"):
         r = invoke("serve", *trio(tiny), "--api-key", key)
         assert r.exit_code == 2 and "--api-key" in r.output and "printable ASCII" in r.output
+    r = invoke("serve", *trio(tiny), "--api-key", "")  # not "no key": the user asked for one
+    assert r.exit_code == 2 and "--api-key" in r.output and "must not be empty" in r.output
 
 
 def test_serve_names_an_ipv6_address_as_a_url_the_client_takes(tiny, monkeypatch):

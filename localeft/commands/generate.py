@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
 from itertools import zip_longest
@@ -12,7 +11,7 @@ import click
 
 from ..reports import write_page
 from ..results import Generation
-from ..terminal import EXPLAIN_TOP, MODES, explained, notes, run
+from ..terminal import EXPLAIN_TOP, MODES, explained, json_text, notes, run
 from ..validate import MAX_TOP_LOGPROBS
 from . import batch
 from .options import CHAT_OR_RAW, JSON, MODE, MODEL_OPTIONS, PROMPT, SAMPLING_OPTIONS, opt
@@ -120,7 +119,7 @@ def generate(prompt, chat, mode, as_json, logprobs, explain, html, jsonl, **o):
         kw = dict(sampling(o, settings), mode=MODES[mode], logprobs=logprobs)
         g = run(em, request, echo=not (as_json or explain), **kw)
         if as_json:
-            click.echo(json.dumps(result(g, em, kw, mode), ensure_ascii=False, indent=2))
+            click.echo(json_text(result(g, em, kw, mode), indent=2))
         elif explain:
             click.echo(explained(g.logprobs), color=True)
         elif not g.text.endswith("\n"):
@@ -174,8 +173,6 @@ def compare(prompt, chat, as_json, **o):
             notes(gens[name], o["verbose"], prefix=f"[{name}] ")
         if as_json:
             out = {n: result(g, em, dict(kw, mode=MODES[n]), n) for n, g in gens.items()}
-            click.echo(
-                json.dumps({"prompt": request, "results": out}, ensure_ascii=False, indent=2)
-            )
+            click.echo(json_text({"prompt": request, "results": out}, indent=2))
         else:
             show_side_by_side(gens)

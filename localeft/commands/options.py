@@ -6,15 +6,17 @@ user agreed to) and a request's settings (`sampling`, `constraint_kwargs`).
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from .. import registry, rpc
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, LocaleftWarning
 from ..terminal import BETA, DRAFT, MAX_TOKENS, MIN_P, MODES, SEED, TEMP, TOP_K, TOP_P
 from ..lora import LoRA
 from ..terminal import adapter_lines, placement_line, stdin_is_tty
@@ -402,6 +404,7 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
     if o.get("server"):
         o["constraints"] = constraint_kwargs(o)
         return connect(o, resolve_models(o, find=cached) if names_models(o) else None)
+    _note_local(o)
     em, settings = _open_emulator(o)
     if o.get("verbose") and em.placement:
         click.echo(placement_line(em.placement, em.rpc_output_choice), err=True)
@@ -409,6 +412,20 @@ def open_emulator(o: dict) -> tuple[Emulator, dict]:
         for line in adapter_lines(em):
             click.echo(line, err=True)
     return em, settings
+
+
+def _note_local(o: dict) -> None:
+    """$LOCALEFT_SERVER set, and a command that has no --server (compare, eval) loads the
+    models here: say so, or the user waits for a load they thought a server would spare."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.info_name if ctx is not None else None
+    if "server" not in o and os.environ.get("LOCALEFT_SERVER") and name in ("compare", "eval"):
+        warnings.warn(
+            f"LOCALEFT_SERVER is set, but `localeft {name}` loads the models here (generate, "
+            "chat and score can use a server)",
+            LocaleftWarning,
+            stacklevel=2,
+        )
 
 
 def _open_emulator(o: dict) -> tuple[Emulator, dict]:

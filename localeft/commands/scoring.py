@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from .. import validate
 from ..errors import ContextOverflowError, InvalidParameterError
 from ..reports import eval_table, model_names, plot_accuracy, plot_format, token_table
 from ..reports import totals_table
-from ..terminal import BETA
+from ..terminal import BETA, json_text
 from .options import JSON, MODEL_OPTIONS, Failure, context_message, make_request, open_emulator
 from .options import opt, read_prompt
 from .remote import SERVER
@@ -102,7 +101,7 @@ def score(prompt, continuation, jsonl, per_token, chat, system, as_json, **o):
                     totals.setdefault(k, []).append(t)
                 if as_json:
                     d = sc.as_dict(per_token=per_token)
-                    click.echo(json.dumps({"line": n, **d} if n else d, ensure_ascii=False))
+                    click.echo(json_text({"line": n, **d} if n else d))
                 elif jsonl is None:
                     click.echo(totals_table(sc, em))
                     if per_token:
@@ -215,7 +214,7 @@ def eval_command(file, betas, plot, as_json, **o):
             "rows": [r.as_dict() for r in rows],
         }
         if as_json:
-            click.echo(json.dumps(report, indent=2))
+            click.echo(json_text(report, indent=2))
         else:
             click.echo(eval_table(rows, len(items)))
             click.echo(f"({seconds / len(items):.2f} s per item)", err=True)

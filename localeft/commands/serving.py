@@ -47,6 +47,10 @@ def serve(host, port, api_key, queue, model_name, verbose, **o):
       curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
           -d '{"messages": [{"role": "user", "content": "Hi"}], "beta": 1.5}'
     """
+    if api_key == "":
+        raise click.BadParameter(
+            "must not be empty (leave it out to serve without one)", param_hint="--api-key"
+        )
     if api_key and not (api_key.isascii() and api_key.isprintable() and api_key == api_key.strip()):
         raise click.BadParameter(  # no client could send it: it travels in an HTTP header
             "must be printable ASCII text without surrounding spaces", param_hint="--api-key"
