@@ -170,3 +170,13 @@ def test_compare_and_eval_say_they_load_here_when_localeft_server_is_set(
     assert "LOCALEFT_SERVER is set, but `localeft compare` loads the models here" in r.stderr
     r = invoke("generate", *trio(tiny), "-n", "2", "--server", "", "hi")  # no server: no note
     assert "LOCALEFT_SERVER is set" not in r.stderr
+
+
+def test_an_empty_batch_loads_nothing(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    missing = [f"--{r}" for r in ("large-base", "small-ft", "small-base")]
+    args = [a for r in missing for a in (r, str(tmp_path / "none.gguf"))]
+    r = invoke("generate", *args, "--jsonl", empty)
+    assert r.exit_code == 0 and r.stdout == "", r.output
+    assert "holds no lines" in r.stderr

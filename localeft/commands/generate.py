@@ -139,6 +139,9 @@ def generate_lines(path: str, prompt, chat: bool, mode: str, logprobs, view: boo
             'with --jsonl, ask for per-token records with --logprobs N (or "logprobs" on a line)'
         )
     raw = batch.read(path)
+    if not raw:  # nothing to generate: no load
+        click.echo(f"localeft: {'stdin' if path == '-' else path} holds no lines", err=True)
+        return
     em, settings = open_emulator(o)
     with em:
         defaults = dict(sampling(o, settings), logprobs=logprobs)
