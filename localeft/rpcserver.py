@@ -113,6 +113,7 @@ def serve(
         for s, h in previous.items():
             signal.signal(s, h)
         sock.close()
+        ctypes.CDLL(None).fflush(None)  # llama.cpp's own lines (C stdio) before ours that follow
         sys.stdout.flush()
     return why[0]
 

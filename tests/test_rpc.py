@@ -320,7 +320,8 @@ def test_rpc_server_stops_cleanly_on_ctrl_c(make_servers):
     code, out, err = server.stop()
     assert code == 0, err
     assert out.startswith("localeft rpc-server: lending CPU")
-    assert f"on {server.endpoint}" in out and out.rstrip().endswith("localeft rpc-server: stopped")
+    ours = [line for line in out.splitlines() if line.startswith("localeft rpc-server:")]
+    assert f"on {server.endpoint}" in ours[0] and ours[-1] == "localeft rpc-server: stopped"
     assert "Traceback" not in err
 
 
