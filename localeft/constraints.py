@@ -75,7 +75,7 @@ class Penalties:
                 raise InvalidParameterError(
                     f"logit_bias gives token {tok} twice", param="logit_bias"
                 )
-            if isinstance(value, (int, float)) and value == -math.inf:
+            if value == "-inf" or isinstance(value, (int, float)) and value == -math.inf:
                 checked[tok] = -math.inf
             else:
                 checked[tok] = validate.number(f"logit_bias[{tok}]", value, -1e6, 1e6)

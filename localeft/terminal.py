@@ -5,6 +5,7 @@ that both options and `/set` accept (one definition per number)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -150,11 +151,26 @@ def notes(g: Generation, verbose: bool, prefix: str = "") -> None:
 
 
 def json_text(data, **kw) -> str:
-    """JSON for stdout: characters as they are where its encoding can write them, else JSON's
-    \\u escapes (a Latin-1 or ASCII terminal gets the same data, never a UnicodeEncodeError)."""
-    text = json.dumps(data, ensure_ascii=False, **kw)
+    """JSON for stdout, strict (non-finite floats as strings: `strict`), with characters as they
+    are where its encoding can write them, else JSON's \\u escapes (a Latin-1 or ASCII
+    terminal gets the same data, never a UnicodeEncodeError)."""
+    data = strict(data)
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, **kw)
     try:
         text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
     except (UnicodeEncodeError, LookupError):
-        text = json.dumps(data, **kw)
+        text = json.dumps(data, allow_nan=False, **kw)
     return text
+
+
+def strict(data):
+    """`data` with JSON's own numbers only: a non-finite float (a -inf logit bias) becomes the
+    string "-inf", "inf" or "nan" (Python writes -Infinity, which jq and most parsers refuse;
+    logit_bias takes "-inf" back)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict(v) for v in data]
+    return data

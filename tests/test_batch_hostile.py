@@ -180,3 +180,22 @@ def test_an_empty_batch_loads_nothing(tmp_path):
     r = invoke("generate", *args, "--jsonl", empty)
     assert r.exit_code == 0 and r.stdout == "", r.output
     assert "holds no lines" in r.stderr
+
+
+def test_a_banned_token_is_strict_json_and_reads_back(tiny, tmp_path):
+    """A -inf logit bias: JSON's numbers have no -Infinity (jq refuses it), so results write
+    "-inf", and a --jsonl line takes it back."""
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text!r}"))
+
+    r = invoke("generate", *trio(tiny), "--json", "-n", "4", "-l", "5-inf", "x")
+    assert r.exit_code == 0, r.output
+    d = strict(r.stdout)
+    assert d["settings"]["logit_bias"] == {"5": "-inf"} and 5 not in d["tokens"]
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": "x", "logit_bias": d["settings"]["logit_bias"]}))
+    r = invoke("generate", *trio(tiny), "-n", "4", "--jsonl", source)
+    assert r.exit_code == 0, r.output
+    (line,) = [strict(x) for x in r.stdout.splitlines()]
+    assert line["settings"]["logit_bias"] == {"5": "-inf"} and line["tokens"] == d["tokens"]
