@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import click
 
 from ..errors import ContextOverflowError, InvalidParameterError
-from ..terminal import MODES, run, strict
+from ..terminal import MODES, json_text, run
 from .options import Failure, context_message
 
 # request.build's settings (a line may set any), written out: request.py loads NumPy, which a
@@ -141,13 +141,10 @@ def write(record: dict) -> None:
     """One result line, flushed. Into a regular file the line is written in whole or not at
     all: if the file fills up (a full disk, a size limit) or Ctrl-C lands halfway through, the
     part written is cut off again, so the file ends with the last whole line."""
-    record = strict(record)  # JSON's own numbers: a -inf bias as "-inf"
-    text = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    text = json_text(record) + "\n"  # strict JSON that stdout's encoding can write
     try:
-        data = text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
-    except (UnicodeEncodeError, LookupError):  # an ASCII or Latin-1 stdout: JSON's escapes
-        text = json.dumps(record, allow_nan=False) + "\n"
+        data = text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except LookupError:  # an encoding Python does not know: json_text wrote escapes
         data = text.encode("ascii")
     fd = _regular_file(sys.stdout)
     if fd is None:
