@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -31,20 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import llama_cpp  # noqa: E402,F401  (before numpy; see localeft/__init__.py)
 import numpy as np  # noqa: E402
 
-from rpcservers import tcp_counters, traffic  # noqa: E402  (tests/)
+from rpcservers import free_port, tcp_counters, traffic, wait_ready  # noqa: E402  (tests/)
 from trioargs import trio_parser  # noqa: E402
 
-from localeft import Emulator, rpc
+from localeft import Emulator
 from localeft.native import default_threads
 from localeft.bench import PROMPT
 
 LONG_PROMPT = "def fibonacci(n):\n    " * 60  # ~300 tokens
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(threads: int) -> tuple[subprocess.Popen, str]:
@@ -52,13 +44,9 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "localeft", "rpc-server", "--port", str(port), "-t", str(threads)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            rpc.probe(endpoint, timeout=2.0)
-            return p, endpoint
-        except rpc.RpcError:
-            time.sleep(0.1)
-    raise SystemExit(f"rpc-server on {endpoint} did not start")
+    if not wait_ready(p, endpoint):
+        raise SystemExit(f"rpc-server on {endpoint} did not start")
+    return p, endpoint
 
 
 def main() -> None:

@@ -15,17 +15,18 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import llama_cpp  # noqa: E402,F401  (before numpy)
 
+from rpcservers import free_port, wait_ready  # noqa: E402  (tests/)
 from trioargs import trio_parser  # noqa: E402
 
-from localeft import Emulator, rpc, rpclink  # noqa: E402
+from localeft import Emulator, rpclink  # noqa: E402
 from localeft.bench import PROMPT  # noqa: E402
 
 LONG_PROMPT = "def fibonacci(n):\n    " * 60  # ~300 tokens
@@ -33,14 +34,6 @@ BARE = (
     "import sys; from localeft import rpcserver; "
     "rpcserver.serve(rpcserver.listen('127.0.0.1', int(sys.argv[1])), 1, None, gate=False)"
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(gated: bool) -> tuple[subprocess.Popen, str]:
@@ -51,13 +44,9 @@ def start(gated: bool) -> tuple[subprocess.Popen, str]:
         cmd = [sys.executable, "-c", BARE, str(port)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            rpc.probe(endpoint, timeout=2.0)
-            return p, endpoint
-        except rpc.RpcError:
-            time.sleep(0.1)
-    raise SystemExit(f"no rpc-server on {endpoint}")
+    if not wait_ready(p, endpoint):
+        raise SystemExit(f"no rpc-server on {endpoint}")
+    return p, endpoint
 
 
 def main() -> None:

@@ -113,3 +113,31 @@ def run(tiny, tmp_path, monkeypatch):
         return CliRunner().invoke(cli, argv)
 
     return invoke
+
+
+@pytest.fixture
+def tokenized(monkeypatch) -> list[int]:
+    """The length of every text any model tokenizes during the test (Model.tokenize spied)."""
+    from localeft.backend import Model
+
+    lengths: list[int] = []
+    real = Model.tokenize
+
+    def spy(self, text, **kw):
+        lengths.append(len(text))
+        return real(self, text, **kw)
+
+    monkeypatch.setattr(Model, "tokenize", spy)
+    return lengths
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """Two `localeft rpc-server`s shared by a module's tests that leave them running (each
+    closes its Emulator: a server serves one client at a time)."""
+    from rpcservers import Server
+
+    two = [Server(), Server()]
+    yield two
+    for s in two:
+        s.stop()

@@ -4,9 +4,12 @@ so no other process can take it in between)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
+
+import httpx
 
 
 @contextlib.contextmanager
@@ -37,3 +40,10 @@ def running(app, server_class=None, **limits):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def post(url: str, path: str, body, **kw) -> httpx.Response:
+    """POST `body` (JSON of an object, or bytes/text sent as they are) as application/json."""
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(url + path, content=content, headers=headers, timeout=60, **kw)

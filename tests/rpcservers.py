@@ -23,6 +23,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, endpoint: str, seconds: float = 60.0) -> bool:
+    """Whether the RPC server `proc` answers llama.cpp's handshake at `endpoint` within
+    `seconds` (False at once when it has ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            rpc.probe(endpoint, timeout=2.0)
+            return True
+        except RpcError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 class Server:
     """One `localeft rpc-server` subprocess on a free loopback port."""
 
@@ -34,16 +48,9 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                rpc.probe(self.endpoint, timeout=2.0)
-                return
-            except RpcError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"no rpc-server: {self.proc.stderr.read()}") from None
-                time.sleep(0.1)
+        if not wait_ready(self.proc, self.endpoint):
+            self.stop()
+            raise AssertionError(f"no rpc-server: {self.proc.stderr.read()}")
 
     def stop(self) -> tuple[int, str, str]:
         """SIGINT (what Ctrl-C sends), then SIGKILL if it is not gone within 10 s."""
@@ -86,3 +93,9 @@ def traffic(before: dict, after: dict) -> tuple[int, int]:
     sent = sum(after[k][0] - before[k][0] for k in after if k in before)
     received = sum(after[k][1] - before[k][1] for k in after if k in before)
     return sent, received
+
+
+def trio_kw(tiny, **kw) -> dict:
+    """The tiny trio's Emulator arguments at a context of 256, and `kw`."""
+    roles = ("large_base", "small_ft", "small_base")
+    return {**{r: getattr(tiny, r) for r in roles}, "n_ctx": 256, **kw}

@@ -17,6 +17,12 @@ from clitools import assert_one_line_error, invoke, trio
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def localeft_process(*args, **kw) -> subprocess.CompletedProcess:
+    """`python -m localeft ARGS` in a process of its own (its own limits, stdout, encoding)."""
+    cmd = [sys.executable, "-m", "localeft", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, timeout=120, **kw)
+
+
 def results(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
@@ -63,15 +69,17 @@ def test_an_output_file_that_fills_up_ends_with_whole_lines(tiny, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     with open(out, "ab") as f:
-        p = subprocess.run(
-            [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "4"]
-            + ["--jsonl", str(source)],
-            cwd=ROOT,
+        p = localeft_process(
+            "generate",
+            *trio(tiny),
+            "-n",
+            "4",
+            "--jsonl",
+            source,
             stdout=f,
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=limited,
-            timeout=120,
         )
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines() == [
@@ -111,15 +119,17 @@ def test_results_into_a_file_on_an_ascii_or_latin1_stdout_are_json_escapes(tiny,
     for encoding in ("utf-8", "ascii", "latin-1"):
         out = tmp_path / f"{encoding}.jsonl"
         with open(out, "wb") as f:
-            p = subprocess.run(
-                [sys.executable, "-m", "localeft", "generate", *trio(tiny), "-n", "3"]
-                + ["--jsonl", str(source)],
-                cwd=ROOT,
+            p = localeft_process(
+                "generate",
+                *trio(tiny),
+                "-n",
+                "3",
+                "--jsonl",
+                source,
                 stdout=f,
                 stderr=subprocess.PIPE,
                 text=True,
                 env={**os.environ, "PYTHONIOENCODING": encoding},
-                timeout=120,
             )
         assert p.returncode == 0 and p.stderr == "", p.stderr
         outs.append(
@@ -138,12 +148,13 @@ def test_json_on_a_stdout_that_cannot_write_the_text_is_escaped_not_a_traceback(
     texts = ["caf\u00e9 \u2713 \u65e5\u672c"] + ([" \u2713"] if command == "score" else [])
     outs = []
     for encoding in ("utf-8", "ascii", "latin-1"):
-        p = subprocess.run(
-            [sys.executable, "-m", "localeft", command, *trio(tiny), *args, *texts],
-            cwd=ROOT,
+        p = localeft_process(
+            command,
+            *trio(tiny),
+            *args,
+            *texts,
             capture_output=True,
             env={**os.environ, "PYTHONIOENCODING": encoding},
-            timeout=120,
         )
         assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr.decode()
         d = json.loads(p.stdout)

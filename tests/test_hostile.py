@@ -21,7 +21,6 @@ from hubcache import isolate
 from tinymodels import BASE_VOCAB_SIZE, write_model
 
 from localeft import ContextOverflowError, Emulator, InvalidParameterError
-from localeft.backend import Model
 
 HI = [{"role": "user", "content": "hi"}]
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,15 +72,7 @@ def test_unused_ids_and_empty_content_are_refused(padded):
     assert padded.chat([{"role": "user", "content": ""}], max_tokens=1).tokens  # "" is text
 
 
-def test_a_prompt_far_over_the_context_is_refused_before_it_is_tokenized(em, monkeypatch):
-    tokenized = []
-    real = Model.tokenize
-
-    def spy(self, text, **kw):
-        tokenized.append(len(text))
-        return real(self, text, **kw)
-
-    monkeypatch.setattr(Model, "tokenize", spy)
+def test_a_prompt_far_over_the_context_is_refused_before_it_is_tokenized(em, tokenized):
     huge = "the cat is a dog " * 50_000
     for call in (
         lambda: em.stream(huge),

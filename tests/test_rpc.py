@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hubcache import isolate
-from rpcservers import Server, free_port
+from rpcservers import Server, free_port, trio_kw
 
 from localeft import Emulator, InvalidParameterError, LocaleftError
 from localeft import placement, rpc
@@ -47,21 +47,6 @@ def make_servers():
     yield make
     for s in started:
         s.stop()
-
-
-@pytest.fixture(scope="module")
-def servers():
-    """Two servers shared by the tests that leave them running (each closes its Emulator:
-    a server serves one client at a time)."""
-    two = [Server(), Server()]
-    yield two
-    for s in two:
-        s.stop()
-
-
-def trio_kw(tiny, **kw) -> dict:
-    roles = ("large_base", "small_ft", "small_base")
-    return {**{r: getattr(tiny, r) for r in roles}, "n_ctx": 256, **kw}
 
 
 def trio_args(tiny) -> list[str]:

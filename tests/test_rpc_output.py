@@ -13,23 +13,10 @@ import pytest
 from click.testing import CliRunner
 from hubcache import isolate
 from linkproxy import LinkProxy
-from rpcservers import Server, tcp_counters, traffic
+from rpcservers import tcp_counters, traffic, trio_kw
 
 from localeft import Emulator, InvalidParameterError, outputcost, placement, rpclink
 from localeft.cli import cli
-
-
-@pytest.fixture(scope="module")
-def servers():
-    two = [Server(), Server()]
-    yield two
-    for s in two:
-        s.stop()
-
-
-def trio_kw(tiny, **kw) -> dict:
-    roles = ("large_base", "small_ft", "small_base")
-    return {**{r: getattr(tiny, r) for r in roles}, "n_ctx": 256, **kw}
 
 
 def received_per_token(em: Emulator, ports: set[int]) -> float:

@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from liveserver import running
+from liveserver import post, running
 
 from localeft import InvalidParameterError
 from localeft.server import is_loopback
@@ -37,12 +37,6 @@ def url(sem):
 @pytest.fixture(scope="module")
 def client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def post(url: str, path: str, body, **kw) -> httpx.Response:
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
-    return httpx.post(url + path, content=content, headers=headers, timeout=60, **kw)
 
 
 def wait_for(url: str, cond, timeout: float = 10.0) -> dict:

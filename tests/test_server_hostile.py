@@ -18,11 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from liveserver import running
+from liveserver import post, running
 from tinymodels import BASE_VOCAB_SIZE, EOS_ID, IM_END_ID, write_model
 
 from localeft import Emulator
-from localeft.backend import Model
 from localeft.server import params
 from localeft.server import running as running_module
 from localeft.server.app import create_app
@@ -41,12 +40,6 @@ def sem(make_em):
 def url(sem):
     with running(create_app(sem, model="tiny")) as base:
         yield base
-
-
-def post(url: str, path: str, body, **kw) -> httpx.Response:
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    headers = {"Content-Type": "application/json"}
-    return httpx.post(url + path, content=content, headers=headers, timeout=60, **kw)
 
 
 def port_of(url: str) -> int:
@@ -85,15 +78,7 @@ def finite(x) -> bool:
 
 
 # --- one huge prompt must not freeze everyone else ---------------------------------------------
-def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url, sem, monkeypatch):
-    tokenized = []
-    real = Model.tokenize
-
-    def spy(self, text, **kw):
-        tokenized.append(len(text))
-        return real(self, text, **kw)
-
-    monkeypatch.setattr(Model, "tokenize", spy)
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url, sem, tokenized):
     huge = "the cat is a dog " * 100_000  # 1.7 MB: thousands of times the 256-token context
     for path, body in (
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]}),

@@ -12,7 +12,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from liveserver import running
+from liveserver import post, running
 from test_tools import ASK, N_CTX, QWEN25, TOOLS, WEATHER, trio
 
 from localeft import Emulator
@@ -36,10 +36,6 @@ def url(tem):
 @pytest.fixture(scope="module")
 def client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def post(url: str, path: str, body) -> httpx.Response:
-    return httpx.post(url + path, json=body, timeout=60)
 
 
 def test_an_agent_loop_required_call_then_the_tools_result_then_the_answer(client, tem):
